@@ -1,0 +1,1 @@
+"""Logic behind the command-line tools: FLOPs, benchmarks, attention capture."""

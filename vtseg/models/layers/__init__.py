@@ -1,0 +1,15 @@
+"""Visual Transformer building blocks as plain PyTorch modules."""
+from .projector import Projector
+from .tokenizers import (
+                         ClusteringTokenizer,
+                         FilterTokenizer,
+                         PoolingTokenizer,
+                         RecurrentTokenizer,
+                         token_grid,
+)
+from .transformer import TokenTransformer
+
+__all__ = [
+    'FilterTokenizer', 'RecurrentTokenizer', 'PoolingTokenizer', 'ClusteringTokenizer',
+    'TokenTransformer', 'Projector', 'token_grid',
+]

@@ -1,0 +1,3 @@
+from .vt_fpn import VTFPN
+
+__all__ = ['VTFPN']
