@@ -1,5 +1,6 @@
 """vtseg models; importing this module registers them in ``mmseg.registry.MODELS``."""
 from . import layers
+from .backbones import VTResNet, VTResNetClassifier
 from .necks import VTFPN
 
-__all__ = ['layers', 'VTFPN']
+__all__ = ['layers', 'VTFPN', 'VTResNet', 'VTResNetClassifier']

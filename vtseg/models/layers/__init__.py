@@ -8,8 +8,9 @@ from .tokenizers import (
                          token_grid,
 )
 from .transformer import TokenTransformer
+from .vt_module import VTModule
 
 __all__ = [
     'FilterTokenizer', 'RecurrentTokenizer', 'PoolingTokenizer', 'ClusteringTokenizer',
-    'TokenTransformer', 'Projector', 'token_grid',
+    'TokenTransformer', 'Projector', 'VTModule', 'token_grid',
 ]

@@ -1,0 +1,3 @@
+from .vt_resnet import VT_ARCH_SETTINGS, VTResNet, VTResNetClassifier
+
+__all__ = ['VTResNet', 'VTResNetClassifier', 'VT_ARCH_SETTINGS']
