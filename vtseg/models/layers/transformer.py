@@ -56,8 +56,8 @@ class TokenTransformer(nn.Module):
         for name, value in [('channels', channels), ('qk_channels', qk_channels)]:
             if value % num_heads:
                 raise ValueError(f'TokenTransformer: num_heads={num_heads} must divide '
-                                 f'{name}={value}; choose num_heads among the divisors of '
-                                 f'{value}')
+                                 f'{name}={value}; allowed num_heads: '
+                                 f'{[d for d in range(1, value + 1) if value % d == 0]}')
         self.channels = channels
         self.num_heads = num_heads
         self.scale = (qk_channels // num_heads) ** -0.5

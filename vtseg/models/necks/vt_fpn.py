@@ -81,8 +81,9 @@ class VTFPN(BaseModule):
                              f'levels ({len(in_channels)}); use num_outs >= '
                              f'{len(in_channels)}')
         if token_channels % num_heads:
+            divisors = [d for d in range(1, token_channels + 1) if token_channels % d == 0]
             raise ValueError(f'VTFPN: num_heads={num_heads} must divide token_channels='
-                             f'{token_channels}')
+                             f'{token_channels}; allowed num_heads: {divisors}')
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
         self.num_outs = num_outs
@@ -104,6 +105,12 @@ class VTFPN(BaseModule):
             raise ValueError(f'VTFPN was built for {len(self.in_channels)} input levels '
                              f'(in_channels={self.in_channels}) but got {len(inputs)}; make '
                              'in_channels match the backbone out_indices')
+        for i, (c, x) in enumerate(zip(self.in_channels, inputs)):
+            if x.dim() != 4 or x.shape[1] != c:
+                raise ValueError(f'VTFPN: input level {i} has shape {tuple(x.shape)} but '
+                                 f'in_channels[{i}]={c}; set in_channels to the channels '
+                                 'of the backbone outputs, here '
+                                 f'{[t.shape[1] if t.dim() > 1 else None for t in inputs]}')
         feats = [lateral(x) for lateral, x in zip(self.lateral_convs, inputs)]  # (B, C, Hi, Wi)
         tokens = [tokenizer(x)[0] for tokenizer, x in zip(self.tokenizers, feats)]  # (B, L, C_T)
         # One transformer relates the tokens of all levels: (B, S * L, C_T).
