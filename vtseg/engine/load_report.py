@@ -23,7 +23,7 @@ from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 from torch import Tensor, nn
 
-__all__ = ['CheckpointMismatchError', 'LoadReport', 'compare_state_dicts',
+__all__ = ['CheckpointMismatchError', 'CheckpointLoadReport', 'compare_state_dicts',
            'CheckpointReportHook']
 
 _MAX_LISTED = 10
@@ -34,7 +34,7 @@ class CheckpointMismatchError(RuntimeError):
 
 
 @dataclass
-class LoadReport:
+class CheckpointLoadReport:
     """What loading a state dict into a model does (computed without loading it).
 
     Attributes:
@@ -78,7 +78,7 @@ class LoadReport:
 
 def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
                         revise_keys: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)
-                        ) -> LoadReport:
+                        ) -> CheckpointLoadReport:
     """Compare a checkpoint's ``state_dict`` with ``model``'s, as mmengine would load it.
 
     Args:
@@ -92,7 +92,7 @@ def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
     ckpt = dict(state_dict)
     for pattern, repl in revise_keys:
         ckpt = {re.sub(pattern, repl, k): v for k, v in ckpt.items()}
-    report = LoadReport()
+    report = CheckpointLoadReport()
     for key, value in model.state_dict().items():
         if key.endswith('num_batches_tracked'):  # BN counters: mmengine ignores them too
             continue
@@ -113,7 +113,7 @@ def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
 
 @HOOKS.register_module()
 class CheckpointReportHook(Hook):
-    """Log a :class:`LoadReport` for every checkpoint the Runner loads; refuse bad loads.
+    """Log a :class:`CheckpointLoadReport` for every checkpoint the Runner loads; refuse bad loads.
 
     Args:
         allow_shape_mismatch: load anyway when shapes differ (the mismatched tensors keep
