@@ -11,9 +11,10 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 from mmengine.analysis import FlopAnalyzer
+from mmengine.analysis.jit_handles import get_shape
 from torch import nn
 
-__all__ = ['Complexity', 'model_complexity', 'PARTS']
+__all__ = ['Complexity', 'model_complexity', 'format_complexity', 'PARTS', 'EXTRA_OP_HANDLES']
 
 #: Submodules of an mmseg ``EncoderDecoder`` reported separately.
 PARTS = ('backbone', 'neck', 'decode_head')
@@ -35,6 +36,24 @@ class Complexity:
     @property
     def total_params(self) -> int:
         return self.params['']
+
+
+def _baddbmm_flops(inputs: list, outputs: list) -> int:
+    """MACs of ``baddbmm(M, A, B)`` (and its in-place form): ``A @ B`` is (b, n, m) x (b, m, p).
+
+    FlopAnalyzer knows ``bmm`` but not ``baddbmm``, which fused in-place code uses for
+    ``X += A @ B``; without this handle that product would silently count zero.
+    """
+    b, n, m = get_shape(inputs[1])
+    p = get_shape(inputs[2])[-1]
+    return b * n * m * p
+
+
+#: Operators FlopAnalyzer has no handle for but that are matrix products.
+EXTRA_OP_HANDLES = {
+    'aten::baddbmm': _baddbmm_flops,
+    'aten::baddbmm_': _baddbmm_flops,
+}
 
 
 def _count_params(module: nn.Module) -> int:
@@ -63,6 +82,7 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int],
     model.eval()
     try:
         analyzer = FlopAnalyzer(model, inputs)
+        analyzer.set_op_handle(**EXTRA_OP_HANDLES)
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         by_module = analyzer.by_module()
@@ -77,3 +97,20 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int],
             flops[part] = int(by_module[part])
             params[part] = _count_params(module)
     return Complexity((h, w), flops, params, unsupported)
+
+
+def format_complexity(result: Complexity) -> str:
+    """A plain-text table of MACs and parameters per part, then the uncounted operators."""
+    h, w = result.input_shape
+    lines = [f'input 1x3x{h}x{w}; FLOPs are multiply-accumulates (1 MAC = 1 FLOP)',
+             f'{"part":<14}{"GFLOPs":>12}{"params":>14}{"params (M)":>12}']
+    for part in [p for p in result.flops if p] + ['']:
+        flops, params = result.flops[part], result.params[part]
+        lines.append(f'{part or "total":<14}{flops / 1e9:>12.3f}{params:>14,}'
+                     f'{params / 1e6:>12.3f}')
+    if result.unsupported_ops:
+        ops = ', '.join(f'{op} ({n}x)' for op, n in sorted(result.unsupported_ops.items()))
+        lines.append(f'Not counted by FlopAnalyzer: {ops}.')
+    else:
+        lines.append('Every operator had a FlopAnalyzer handle (elementwise ones count zero).')
+    return '\n'.join(lines)

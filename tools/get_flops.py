@@ -1,0 +1,79 @@
+"""Count multiply-accumulates (FLOPs) and parameters of a config's model, by part.
+
+    python tools/get_flops.py configs/vtfpn_r50_lip.py
+    python tools/get_flops.py configs/fpn_r50_coco-stuff164k.py --shape 800 1216
+    python tools/get_flops.py --paper-tables          # the paper's Tables 9 and 10
+
+Pretrained weights are never loaded (nothing is downloaded; FLOPs do not depend on them).
+The logic lives in :mod:`vtseg.analysis`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from vtseg.analysis.config_model import DictAction, build_model_from_config, load_config
+from vtseg.analysis.flops import format_complexity, model_complexity
+from vtseg.analysis.paper_tables import (
+    PAPER_TABLES_9_10,
+    format_paper_tables,
+    measure_paper_tables,
+)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', nargs='?', help='config file')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input size (default: the paper size for the paper configs, '
+                        'else the config\'s crop_size)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config entries, e.g. model.neck.num_tokens=16')
+    parser.add_argument('--paper-tables', action='store_true',
+                        help='build the eight models of Tables 9 and 10 and print the '
+                        'paper\'s FLOPs next to ours')
+    parser.add_argument('--config-dir',
+                        default=os.path.relpath(Path(__file__).resolve().parents[1] / 'configs'),
+                        help='where --paper-tables finds the configs (default: %(default)s)')
+    parser.add_argument('--device', default='cpu', help='device of the counting pass')
+    args = parser.parse_args(argv)
+    if args.paper_tables == bool(args.config):
+        parser.error('give either a CONFIG or --paper-tables (not both)')
+    if args.shape is not None and min(args.shape) <= 0:
+        parser.error(f'--shape needs two positive sizes H W, got {args.shape}')
+    return args
+
+
+def default_shape(config: str, cfg) -> Tuple[int, int]:
+    """The paper's input size for a paper config, else ``crop_size`` from the config."""
+    for row in PAPER_TABLES_9_10:
+        if Path(config).name == row.config_name:
+            return row.input_shape
+    crop = cfg.get('crop_size')
+    if crop is None:
+        raise SystemExit(f'{config} defines no crop_size: pass the input size with --shape H W')
+    return int(crop[0]), int(crop[1])
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.paper_tables:
+        results = measure_paper_tables(
+            args.config_dir, device=args.device,
+            progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        print(format_paper_tables(results))
+        return
+    cfg = load_config(args.config, args.cfg_options)
+    shape = tuple(args.shape) if args.shape else default_shape(args.config, cfg)
+    model, _, switched_off = build_model_from_config(cfg, device=args.device)
+    print(f'config {args.config}')
+    if switched_off:
+        print(f'pretrained weights not loaded: {", ".join(switched_off)}')
+    print(format_complexity(model_complexity(model, shape)))
+
+
+if __name__ == '__main__':
+    main()
