@@ -1,12 +1,15 @@
-"""VTModule, VTResNet (registered backbone), its classifier form, checkpoint loading and
-the Table 8 costs."""
+"""VTModule, VTResNet (registered backbone), its classifier form, checkpoint loading,
+the two VT-R50 configs and the Table 8 costs."""
+import importlib.util
 import logging
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
 from mmseg.models.backbones import ResNet
 from mmseg.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -23,6 +26,9 @@ from vtseg.analysis.table8 import (
 from vtseg.models import VTResNet, VTResNetClassifier
 from vtseg.models.layers import FilterTokenizer, RecurrentTokenizer, VTModule
 from vtseg.utils.checkpoint import load_checkpoint, load_resnet_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ['configs/fpn_vt-r50_lip.py', 'configs/fpn_vt-r50_coco-stuff164k.py']
 
 
 def _down(size: int, times: int) -> int:
@@ -262,6 +268,24 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_resnet_weights(VTResNet(18), {'head.weight': torch.zeros(3)})
 
 
+# ----------------------------------------------------------------------------- configs
+@pytest.mark.parametrize('path', CONFIGS)
+def test_vt_r50_configs_build(path):
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(str(ROOT / path))
+    assert cfg.model.backbone.type == 'VTResNet' and cfg.model.backbone.depth == 50
+    assert cfg.model.backbone.init_cfg.type == 'Pretrained'  # switched off here
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+    assert isinstance(model.backbone, VTResNet)
+    with torch.no_grad():
+        feats = model.extract_feat(torch.randn(1, 3, 67, 53))
+        logits = model(torch.randn(1, 3, 67, 53), mode='tensor')
+    # FPN gets layer1..3 and the VT map: strides 4, 8, 16, 16
+    assert [f.shape[-2:] for f in feats] == [(17, 14), (9, 7), (5, 4), (5, 4)]
+    assert logits.shape[1] == cfg.model.decode_head.num_classes
+
+
 # ----------------------------------------------------------------------------- Table 8
 #: Our counts (MACs without normalisation layers, parameters without norm affine).
 PINNED = {
@@ -295,3 +319,18 @@ def test_table8_pinned_and_close_to_paper():
             assert abs(r.macs_diff) < 0.001 and abs(r.params_diff) < 0.005, r.name
     table = format_table8(rows)
     assert '| VT-R50 | 3.412 | 3.480 | +2.0% | 21.4 | 21.09 | -1.4% |' in table
+
+
+def test_get_flops_table8_option(capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location('get_flops', ROOT / 'tools' / 'get_flops.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    # One row keeps it fast; test_table8_pinned_and_close_to_paper covers all eight.
+    monkeypatch.setattr(tool, 'table8_rows', lambda: table8_rows(['VT-R18']))
+    tool.main(['--table8'])
+    out = capsys.readouterr().out
+    assert 'BN/LayerNorm affine parameters not counted' in out
+    assert '| VT-R18 | 1.569 | 1.547 | -1.4% | 11.7 | 11.55 | -1.3% |' in out
+    with pytest.raises(SystemExit):
+        tool.main(['--table8', 'configs/fpn_vt-r50_lip.py'])
+    assert 'exactly one' in capsys.readouterr().err

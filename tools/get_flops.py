@@ -3,6 +3,7 @@
     python tools/get_flops.py configs/vtfpn_r50_lip.py
     python tools/get_flops.py configs/fpn_r50_coco-stuff164k.py --shape 800 1216
     python tools/get_flops.py --paper-tables          # the paper's Tables 9 and 10
+    python tools/get_flops.py --table8                # the paper's Table 8 (VT-ResNets)
 
 Pretrained weights are never loaded (nothing is downloaded; FLOPs do not depend on them).
 The logic lives in :mod:`vtseg.analysis`.
@@ -22,6 +23,7 @@ from vtseg.analysis.paper_tables import (
     format_paper_tables,
     measure_paper_tables,
 )
+from vtseg.analysis.table8 import format_table8, table8_rows
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -35,13 +37,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--paper-tables', action='store_true',
                         help='build the eight models of Tables 9 and 10 and print the '
                         'paper\'s FLOPs next to ours')
+    parser.add_argument('--table8', action='store_true',
+                        help='build the ImageNet classifiers of Table 8 (VT-ResNets and '
+                        'ResNets, 224x224) and print the paper\'s MACs and parameters next '
+                        'to ours')
     parser.add_argument('--config-dir',
                         default=os.path.relpath(Path(__file__).resolve().parents[1] / 'configs'),
                         help='where --paper-tables finds the configs (default: %(default)s)')
     parser.add_argument('--device', default='cpu', help='device of the counting pass')
     args = parser.parse_args(argv)
-    if args.paper_tables == bool(args.config):
-        parser.error('give either a CONFIG or --paper-tables (not both)')
+    if bool(args.config) + args.paper_tables + args.table8 != 1:
+        parser.error('give either a CONFIG or --paper-tables or --table8 (exactly one)')
     if args.shape is not None and min(args.shape) <= 0:
         parser.error(f'--shape needs two positive sizes H W, got {args.shape}')
     return args
@@ -60,6 +66,9 @@ def default_shape(config: str, cfg) -> Tuple[int, int]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    if args.table8:
+        print(format_table8(table8_rows()))
+        return
     if args.paper_tables:
         results = measure_paper_tables(
             args.config_dir, device=args.device,
