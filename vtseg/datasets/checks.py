@@ -104,6 +104,8 @@ def _files_with_suffix(folder: str, suffix: str) -> List[str]:
 
 def _fail(where: str, dataset_type: str, problem: str, data_root: str) -> None:
     hint = PREPARE_HINTS.get(str(dataset_type), _GENERIC_HINT.format(type=dataset_type))
+    if str(dataset_type) in PREPARE_HINTS:
+        hint += '\nStep by step: docs/datasets.md in the vtseg repository.'
     raise DatasetNotFoundError(
         f'{where} ({dataset_type}): {problem}\n{hint}\n'
         f'If the dataset lives elsewhere, point the config at it, e.g. '
