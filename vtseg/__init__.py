@@ -9,6 +9,8 @@ from .version import __version__
 
 patch_checkpoint_loading()
 
-from . import models  # noqa: E402  (registers into mmseg.registry.MODELS)
+# Registers models (MODELS), datasets (DATASETS), the CPU DDP wrapper, the bfloat16 optim
+# wrapper and ClassIoUMetric.
+from . import datasets, engine, models  # noqa: E402
 
-__all__ = ['__version__', 'models']
+__all__ = ['__version__', 'datasets', 'engine', 'models']

@@ -1,0 +1,72 @@
+"""Test (and evaluate) a segmentor: mmseg 1.x's ``tools/test.py`` command line.
+
+Prints aAcc, mIoU and mAcc, and the per-class IoU/Acc table of mmseg's ``IoUMetric``;
+the metrics are also written to ``<work_dir>/<timestamp>/<timestamp>.json``. Examples::
+
+    python tools/test.py CONFIG CHECKPOINT
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis --cfg-options \
+        default_hooks.visualization.interval=1      # paint every image, not every 50th
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+"""
+import argparse
+import os
+import sys
+
+from mmengine.config import DictAction
+
+import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
+from vtseg.engine import build_runner, prepare_test_cfg
+from vtseg.engine.dist import LAUNCHERS
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='MMSeg test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir',
+        help='if specified, the evaluation metric results will be dumped into the '
+        'directory as json')
+    parser.add_argument(
+        '--out', type=str,
+        help='the directory to save output prediction for offline evaluation')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir',
+        help='directory where painted images will be saved. If specified, it will be '
+        'automatically saved to the work_dir/timestamp/show_dir')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override some settings in the used config, the key-value pair in xxx=yyy '
+        'format will be merged into config file. If the value to be overwritten is a '
+        'list, it should be like key="[a,b]" or key=a,b. It also allows nested '
+        'list/tuple values, e.g. key="[(a,b),(c,d)]". Note that the quotation marks are '
+        'necessary and that no white space is allowed.')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='Test time augmentation')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        cfg = prepare_test_cfg(args.config, args.checkpoint, work_dir=args.work_dir,
+                               out=args.out, show=args.show, show_dir=args.show_dir,
+                               wait_time=args.wait_time, tta=args.tta,
+                               cfg_options=args.cfg_options, launcher=args.launcher)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    runner = build_runner(cfg)
+    runner.test()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Train a segmentor: mmseg 1.x's ``tools/train.py`` command line, on GPUs or CPUs.
+
+Examples::
+
+    python tools/train.py configs/demo/vtfpn_r18_vtdemo.py
+    python tools/train.py CONFIG --work-dir work_dirs/run1 --resume   # latest checkpoint
+    python tools/train.py CONFIG --amp        # float16 on GPUs, bfloat16 on the CPU
+    bash tools/dist_train.sh CONFIG 8         # torchrun; gloo processes without CUDA
+"""
+import argparse
+import os
+import sys
+
+from mmengine.config import DictAction
+
+import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
+from vtseg.engine import build_runner, prepare_train_cfg
+from vtseg.engine.dist import LAUNCHERS
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume', action='store_true', default=False,
+        help='resume from the latest checkpoint in the work_dir automatically')
+    parser.add_argument(
+        '--amp', action='store_true', default=False,
+        help='enable automatic-mixed-precision training (float16 on GPUs, bfloat16 '
+        'autocast on the CPU)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override some settings in the used config, the key-value pair in xxx=yyy '
+        'format will be merged into config file. If the value to be overwritten is a '
+        'list, it should be like key="[a,b]" or key=a,b. It also allows nested '
+        'list/tuple values, e.g. key="[(a,b),(c,d)]". Note that the quotation marks are '
+        'necessary and that no white space is allowed.')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank;
+    # torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        cfg = prepare_train_cfg(args.config, work_dir=args.work_dir, resume=args.resume,
+                                amp=args.amp, cfg_options=args.cfg_options,
+                                launcher=args.launcher)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    runner = build_runner(cfg)
+    runner.train()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

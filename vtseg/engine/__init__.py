@@ -1,0 +1,23 @@
+"""Training and testing machinery behind ``tools/``: CPU/GPU distributed set-up, mixed
+precision on the CPU, config preparation as mmseg's tools do it, and the demo.
+
+Importing it registers :class:`CPUDistributedDataParallel` (mmengine ``MODEL_WRAPPERS``),
+:class:`BF16OptimWrapper` (mmengine ``OPTIM_WRAPPERS``) and :class:`ClassIoUMetric`
+(mmseg ``METRICS``).
+"""
+from .dist import init_cpu_dist, setup_distributed
+from .metrics import ClassIoUMetric
+from .model_wrapper import CPUDistributedDataParallel
+from .optim_wrapper import BF16OptimWrapper
+from .runner import (
+                     build_runner,
+                     enable_amp,
+                     load_config,
+                     prepare_test_cfg,
+                     prepare_train_cfg,
+                     read_test_metrics,
+)
+
+__all__ = ['BF16OptimWrapper', 'CPUDistributedDataParallel', 'ClassIoUMetric',
+           'build_runner', 'enable_amp', 'init_cpu_dist', 'load_config', 'prepare_test_cfg',
+           'prepare_train_cfg', 'read_test_metrics', 'setup_distributed']
