@@ -1,6 +1,6 @@
 """Training killed with SIGKILL, then resumed, ends with the weights of an uninterrupted run.
 
-Three runs of a tiny VT-FPN model on a generated LIP-layout set, each in its own process:
+Three runs of ``tools/train.py`` with a tiny VT-FPN model on a generated LIP-layout set:
 an uninterrupted one; one killed with SIGKILL as soon as a checkpoint is on disk; and the
 killed one restarted with ``--resume``. With a fixed seed on the CPU the final weights, BN
 statistics and optimizer state are bitwise equal: the data order is replayed by mmengine,
@@ -24,30 +24,11 @@ from test_reliability import make_lip, train_cfg
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MAX_ITERS, INTERVAL = 16, 4
 
-# What tools/train.py does with a config, minus the command line.
-DRIVER = """
-import sys
-from mmengine.config import Config
-from mmengine.runner import Runner
-import vtseg
-from vtseg.datasets import loading  # registers the checked loaders
-from vtseg.datasets.checks import check_data_cfg
-from vtseg.engine.preflight import check_model_forward
-from vtseg.engine.safe_checkpoint import setup_safe_checkpointing
-
-cfg = Config.fromfile(sys.argv[1])
-cfg.work_dir, cfg.resume = sys.argv[2], '--resume' in sys.argv
-check_data_cfg(cfg)
-setup_safe_checkpointing(cfg)
-runner = Runner.from_cfg(cfg)
-check_model_forward(runner.model)
-runner.train()
-"""
+TRAIN = osp.join(REPO, 'tools', 'train.py')
 
 
 def _command(tmp_path, work_dir: str, *resume: str) -> list:
-    return [sys.executable, str(tmp_path / 'train.py'), str(tmp_path / 'cfg.py'), work_dir,
-            *resume]
+    return [sys.executable, TRAIN, str(tmp_path / 'cfg.py'), '--work-dir', work_dir, *resume]
 
 
 def _env() -> dict:
@@ -67,11 +48,9 @@ def _last_checkpoint(work_dir: str) -> str:
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     data = make_lip(str(tmp_path / 'LIP'), n=8)
     cfg = train_cfg(data, 'unused', max_iters=MAX_ITERS, interval=INTERVAL,
-                    schedule=MAX_ITERS,
-                    custom_imports=dict(imports=['vtseg'], allow_failed_imports=False))
+                    schedule=MAX_ITERS)
     cfg.pop('experiment_name')
     cfg.dump(str(tmp_path / 'cfg.py'))
-    (tmp_path / 'train.py').write_text(DRIVER)
     full, killed = str(tmp_path / 'full'), str(tmp_path / 'killed')
 
     subprocess.run(_command(tmp_path, full), env=_env(), cwd=REPO, check=True,

@@ -15,7 +15,13 @@ import sys
 from mmengine.config import DictAction
 
 import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
-from vtseg.engine import build_runner, prepare_test_cfg
+from vtseg.datasets import check_data_cfg
+from vtseg.engine import (
+                          build_runner,
+                          check_checkpoint_file,
+                          prepare_test_cfg,
+                          setup_safe_checkpointing,
+)
 from vtseg.engine.dist import LAUNCHERS
 
 
@@ -60,6 +66,9 @@ def main() -> int:
                                out=args.out, show=args.show, show_dir=args.show_dir,
                                wait_time=args.wait_time, tta=args.tta,
                                cfg_options=args.cfg_options, launcher=args.launcher)
+        check_checkpoint_file(args.checkpoint)  # truncated or corrupt: name the file
+        check_data_cfg(cfg, splits=('test',))
+        setup_safe_checkpointing(cfg)  # report what the checkpoint loads; refuse half loads
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

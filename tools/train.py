@@ -14,7 +14,13 @@ import sys
 from mmengine.config import DictAction
 
 import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
-from vtseg.engine import build_runner, prepare_train_cfg
+from vtseg.datasets import check_data_cfg
+from vtseg.engine import (
+                          build_runner,
+                          check_model_forward,
+                          prepare_train_cfg,
+                          setup_safe_checkpointing,
+)
 from vtseg.engine.dist import LAUNCHERS
 
 
@@ -52,10 +58,17 @@ def main() -> int:
         cfg = prepare_train_cfg(args.config, work_dir=args.work_dir, resume=args.resume,
                                 amp=args.amp, cfg_options=args.cfg_options,
                                 launcher=args.launcher)
+        check_data_cfg(cfg)  # dataset folders exist and hold matching images and labels
+        setup_safe_checkpointing(cfg)  # atomic saves; --resume skips broken checkpoints
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     runner = build_runner(cfg)
+    try:  # one forward pass: backbone, neck and head fit together
+        check_model_forward(runner.model, cfg.get('crop_size'))
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     runner.train()
     return 0
 
