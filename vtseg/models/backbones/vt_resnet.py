@@ -251,6 +251,7 @@ class VTResNet(ResNet):
                                              f'{pretrained_cfg["checkpoint"]}')
 
 
+@MODELS.register_module()
 class VTResNetClassifier(nn.Module):
     """VT-ResNet for ImageNet classification (paper Sec. 4.1): average of the final tokens,
     then one fully connected layer ``C_T -> num_classes``.
