@@ -382,6 +382,14 @@ def test_atomic_put_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ['iter_2.pth']  # no temporary file left behind
 
 
+def test_atomic_put_keeps_the_usual_file_permissions(tmp_path):
+    target = tmp_path / 'iter_2.pth'
+    AtomicLocalBackend().put(b'checkpoint', str(target))
+    plain = tmp_path / 'plain'
+    plain.write_bytes(b'x')
+    assert (target.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
 def test_safe_hook_keeps_previous_checkpoint_until_new_one_is_saved(tmp_path, monkeypatch):
     data = make_lip(str(tmp_path / 'LIP'))
     work = str(tmp_path / 'work')
