@@ -99,6 +99,15 @@ def test_test_prints_per_class_iou_and_writes_metrics(trained, data_root, tmp_pa
 
 
 @pytest.mark.slow
+def test_test_time_augmentation_runs(trained, data_root, tmp_path):
+    work_dir, _ = trained
+    out = run_tool('tools/test.py', VTFPN, work_dir / 'iter_4.pth', '--tta', '--work-dir',
+                   tmp_path, *as_cli(tiny_options(data_root)))
+    assert 'per class results' in out
+    assert re.search(r'Iter\(test\) \[4/4\]\s+aAcc: [\d.]+\s+mIoU: [\d.]+', out), out[-2000:]
+
+
+@pytest.mark.slow
 def test_resume_continues_from_latest_checkpoint(trained, data_root, tmp_path):
     work_dir, _ = trained
     # An interrupted run: the iteration-4 checkpoint was never written.

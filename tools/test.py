@@ -22,7 +22,7 @@ from vtseg.engine import (
                           prepare_test_cfg,
                           setup_safe_checkpointing,
 )
-from vtseg.engine.dist import LAUNCHERS
+from vtseg.engine.dist import LAUNCHERS, finish_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,6 +74,7 @@ def main() -> int:
         return 2
     runner = build_runner(cfg)
     runner.test()
+    finish_distributed()  # gloo runs: let every rank finish, then leave
     return 0
 
 

@@ -21,7 +21,7 @@ from vtseg.engine import (
                           prepare_train_cfg,
                           setup_safe_checkpointing,
 )
-from vtseg.engine.dist import LAUNCHERS
+from vtseg.engine.dist import LAUNCHERS, finish_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +70,7 @@ def main() -> int:
         print(f'error: {err}', file=sys.stderr)
         return 2
     runner.train()
+    finish_distributed()  # gloo runs: let every rank finish, then leave
     return 0
 
 

@@ -66,13 +66,13 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-img_ratios = [0.75, 1.0, 1.25]
+# --tta: flips only. mmseg's usual rescaling (0.5-1.75) would change what decides
+# disc_large vs disc_small (the radius), so it is not a valid augmentation here.
 tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
     dict(
         type='TestTimeAug',
         transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in img_ratios],
             [dict(type='RandomFlip', prob=0., direction='horizontal'),
              dict(type='RandomFlip', prob=1., direction='horizontal')],
             [dict(type='LoadAnnotations')],

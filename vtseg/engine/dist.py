@@ -11,6 +11,7 @@ CUDA present it changes nothing, so the same command runs on both kinds of machi
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import subprocess
@@ -21,7 +22,8 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-__all__ = ['LAUNCHERS', 'cuda_available', 'init_cpu_dist', 'setup_distributed']
+__all__ = ['LAUNCHERS', 'cuda_available', 'finish_distributed', 'init_cpu_dist',
+           'setup_distributed']
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 DEFAULT_PORT = '29500'  # torch.distributed's default
@@ -89,7 +91,29 @@ def init_cpu_dist(launcher: str, *, timeout: Optional[float] = None) -> Tuple[in
         kwargs['timeout'] = datetime.timedelta(seconds=float(timeout))
     torch_dist.init_process_group(backend='gloo', init_method='env://', rank=rank,
                                   world_size=world, **kwargs)
+    # Fallback for error paths; a finished run calls finish_distributed() instead.
+    atexit.register(_destroy_process_group)
     return rank, world
+
+
+def _destroy_process_group() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def finish_distributed() -> None:
+    """End a gloo process group started by :func:`init_cpu_dist` after a finished run.
+
+    A process that leaves while its gloo group (and rank 0's TCP store) is still in use by
+    a slower rank can abort at interpreter exit ("terminate called without an active
+    exception", SIGABRT), which torchrun reports as a failed run. A barrier lets every rank
+    finish first; then the group is destroyed. Does nothing for NCCL groups or without a
+    group. Call it only after success: a barrier on an error path could wait for ranks
+    that are stuck elsewhere.
+    """
+    if torch_dist.is_initialized() and torch_dist.get_backend() == 'gloo':
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
 
 
 def setup_distributed(cfg: Config, launcher: str) -> Config:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmseg.registry import HOOKS
 from torch import Tensor, nn
 
@@ -87,7 +87,8 @@ def compare_state_dicts(model: nn.Module, state_dict: Mapping[str, Tensor],
         revise_keys: ``(pattern, replacement)`` applied to checkpoint keys first, like
             ``Runner.load_checkpoint`` (default: strip a DDP ``module.`` prefix).
     """
-    if is_model_wrapper(model):
+    # Unwrap as mmengine's load_state_dict does: DDP and test-time augmentation (--tta).
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
     ckpt = dict(state_dict)
     for pattern, repl in revise_keys:
