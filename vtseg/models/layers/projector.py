@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._utils import at_least_float32, check_positive_int
+from ._utils import at_least_float32, check_positive_int, rows_times_pixels
 
 __all__ = ['Projector']
 
@@ -36,6 +36,11 @@ class Projector(nn.Module):
         qk_channels: d (default C).
         fast: evaluate the query-key product in token space.
 
+    ``forward(x, tokens, inplace=True)`` accumulates the read-out into ``x``'s memory and
+    returns it (``x`` is overwritten) when autograd is not recording: inference then
+    allocates no (B, C, H, W) temporary. It is ignored while autograd records and while
+    tracing (FLOP counting sees the out-of-place product).
+
     Shape:
         - x: (B, C, H, W), tokens: (B, L, C_T)
         - returns (B, C, H, W)
@@ -57,7 +62,7 @@ class Projector(nn.Module):
                       if token_channels != in_channels else nn.Identity())
         self.attn_softmax = nn.Softmax(dim=-1)  # softmax_L: each pixel over the tokens
 
-    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+    def forward(self, x: Tensor, tokens: Tensor, *, inplace: bool = False) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'Projector expects a (B, {self.in_channels}, H, W) feature map, '
                              f'got {tuple(x.shape)}')
@@ -70,12 +75,20 @@ class Projector(nn.Module):
         if self.fast:
             # T W_K W_Q^T, token space: (B, L, d) x (d, C) -> (B, L, C)
             # (nn.Linear stores W_Q^T, so self.query.weight is (d, C).)
-            tkq = torch.matmul(tk, self.query.weight)
-            logits = torch.einsum('bcn,blc->bnl', pixels, tkq)  # X (T W_K W_Q^T)^T
+            # The 1/sqrt(d) logit scale is applied here, to L x C numbers instead of N x L.
+            tkq = torch.matmul(tk, self.query.weight) * self.scale
+            # X (T W_K W_Q^T)^T, computed transposed so that the long pixel axis is the GEMM's
+            # contiguous output axis:     (B, L, C) x (B, C, N) -> (B, L, N) -> (B, N, L) view
+            logits = at_least_float32(rows_times_pixels(tkq, pixels).transpose(1, 2))
         else:
             xq = self.query(pixels.transpose(1, 2))  # X W_Q: (B, N, d)
             logits = torch.einsum('bnd,bld->bnl', xq, tk)  # (X W_Q)(T W_K)^T
-        attn = self.attn_softmax(at_least_float32(logits) * self.scale).to(x.dtype)  # (B, N, L)
+            logits = at_least_float32(logits) * self.scale
+        attn = self.attn_softmax(logits).to(x.dtype)  # (B, N, L)
         values = self.value(tokens)  # T W_V: (B, L, C)
-        out = torch.einsum('bnl,blc->bcn', attn, values)  # (B, C, N)
-        return x + out.reshape(x.shape)
+        # (A T W_V)^T, pixels last:         (B, C, L) x (B, L, N) -> (B, C, N)
+        values_t, attn_t = values.transpose(1, 2), attn.transpose(1, 2)
+        if inplace and not torch.is_grad_enabled() and not torch.jit.is_tracing():
+            # X_in += ..., one pass over the map and no (B, C, N) temporaries.
+            return pixels.baddbmm_(values_t.to(x.dtype), attn_t).reshape(x.shape)
+        return x + torch.matmul(values_t, attn_t).reshape(x.shape)

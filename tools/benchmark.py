@@ -1,0 +1,104 @@
+"""Inference latency, throughput and peak memory of FPN vs VT-FPN, side by side.
+
+Examples::
+
+    # Default (a few minutes on 2 cores): the neck alone and the whole R-50 model at
+    # 473x473, 512x512, 800x1216 and 1024x2048 (batch 1), plus batch-4 throughput at
+    # 512x512; table, JSON and plot in work_dirs/benchmark.
+    python tools/benchmark.py
+
+    # The full table of docs/benchmarks.md: R-101 too.
+    python tools/benchmark.py --models neck,r50,r101
+
+    # Quick look: neck only, one size, more repeats, 2 threads.
+    python tools/benchmark.py --models neck --sizes 800x1216 --repeats 11 --threads 2
+
+    # On a machine shared with other processes: one thread, process CPU time.
+    python tools/benchmark.py --threads 1 --clock cpu
+
+See vtseg/analysis/benchmark.py for what is measured and how, docs/benchmarks.md for
+results.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from vtseg.analysis.benchmark import (
+    MODES,
+    PAPER_SIZES,
+    BenchmarkSettings,
+    format_table,
+    parse_size,
+    run_benchmark,
+    save_results,
+)
+
+
+def _sizes(text: str):
+    return [parse_size(s) for s in text.split(',') if s.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Benchmark FPN vs VT-FPN inference (latency, throughput, peak memory).')
+    default_sizes = ','.join(f'{h}x{w}' for h, w in PAPER_SIZES)
+    parser.add_argument('--sizes', default=default_sizes,
+                        help=f'comma-separated HEIGHTxWIDTH input sizes (default {default_sizes})')
+    parser.add_argument('--models', default='neck,r50',
+                        help=f'comma-separated subset of {",".join(MODES)}: neck (the neck '
+                             'alone), r50 / r101 (whole segmentors); default neck,r50')
+    parser.add_argument('--repeats', type=int, default=3, help='timed calls per neck')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed calls per neck first')
+    parser.add_argument('--batch', type=int, default=4,
+                        help='batch size of the throughput rows (1 to skip them)')
+    parser.add_argument('--throughput-sizes', default='512x512',
+                        help='comma-separated sizes timed at --batch ("" to skip)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads (default: torch\'s choice)')
+    parser.add_argument('--dataset', default=None,
+                        help='config family, e.g. coco-stuff164k or lip (default: lip at '
+                             '473x473, coco-stuff164k otherwise)')
+    parser.add_argument('--config-dir', default='configs',
+                        help='where {fpn,vtfpn}_r{50,101}_{dataset}.py live')
+    parser.add_argument('--no-memory', action='store_true', help='skip peak-memory runs')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help='wall: wall-clock latency (default); cpu: process CPU time of '
+                             'a single-threaded run (needs --threads 1), steadier on a '
+                             'machine shared with other processes')
+    parser.add_argument('--matmul-size', type=int, default=2048,
+                        help='side of the square fp32 matmul that measures the peak rate')
+    parser.add_argument('--out-dir', default='work_dirs/benchmark',
+                        help='where benchmark.{json,md} and benchmark_latency.png go')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = BenchmarkSettings(
+            sizes=_sizes(args.sizes),
+            modes=[m.strip() for m in args.models.split(',') if m.strip()],
+            warmup=args.warmup, repeats=args.repeats, batch=args.batch,
+            throughput_sizes=_sizes(args.throughput_sizes), device=args.device,
+            threads=args.threads, dataset=args.dataset, config_dir=args.config_dir,
+            memory=not args.no_memory, matmul_size=args.matmul_size, clock=args.clock)
+        settings.check()
+    except ValueError as e:
+        print(f'tools/benchmark.py: error: {e}', file=sys.stderr)
+        return 2
+    results = run_benchmark(settings)
+    paths = save_results(results, Path(args.out_dir))
+    print()
+    print(format_table(results))
+    print()
+    print('wrote ' + ', '.join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
