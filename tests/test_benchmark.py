@@ -1,5 +1,6 @@
 """Tests of the FPN vs VT-FPN benchmark (vtseg.analysis.benchmark, tools/benchmark.py) and of
 the inference fast paths it measures. Functional only: nothing here asserts a timing."""
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -151,10 +152,33 @@ def test_cli_writes_table_json_and_plot(tmp_path):
     assert (out / 'benchmark_latency.png').stat().st_size > 0
 
 
-def test_cli_rejects_bad_size():
-    proc = subprocess.run([sys.executable, str(ROOT / 'tools/benchmark.py'), '--sizes', '64'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "size '64' is not HEIGHTxWIDTH" in proc.stderr
+def _cli():
+    spec = importlib.util.spec_from_file_location('benchmark_cli', ROOT / 'tools/benchmark.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    cli = _cli()
+    assert cli.main(['--sizes', '64']) == 2
+    assert "size '64' is not HEIGHTxWIDTH" in capsys.readouterr().err
+    assert cli.main(['--clock', 'cpu']) == 2  # without --threads 1
+    assert '--threads 1' in capsys.readouterr().err
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{"measurements": []}')
+    assert cli.main(['--from-json', str(bad), '--out-dir', str(tmp_path)]) == 2
+    assert 'cannot read' in capsys.readouterr().err
+
+
+def test_cli_redraws_from_json(tmp_path, capsys):
+    results = run_benchmark(BenchmarkSettings(**{**TINY, 'memory': False}), log=lambda _: None)
+    saved = tmp_path / 'saved.json'
+    saved.write_text(json.dumps(results))
+    assert _cli().main(['--from-json', str(saved), '--out-dir', str(tmp_path / 'redraw')]) == 0
+    out = capsys.readouterr().out
+    assert '| neck | 64x64 | 1 |' in out and 'n/a / n/a' in out  # no memory measured
+    assert (tmp_path / 'redraw' / 'benchmark_latency.png').stat().st_size > 0
 
 
 # ----------------------------------------------- the inference fast paths equal the plain ones

@@ -22,6 +22,7 @@ results.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -74,11 +75,27 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='side of the square fp32 matmul that measures the peak rate')
     parser.add_argument('--out-dir', default='work_dirs/benchmark',
                         help='where benchmark.{json,md} and benchmark_latency.png go')
+    parser.add_argument('--from-json', default=None, metavar='BENCHMARK_JSON',
+                        help='measure nothing: print the table of a saved benchmark.json '
+                             'and write its table and plot to --out-dir')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        path = Path(args.from_json)
+        try:
+            results = json.loads(path.read_text())
+            table = format_table(results)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f'tools/benchmark.py: error: cannot read {path} as a benchmark.json '
+                  f'written by this tool ({type(e).__name__}: {e})', file=sys.stderr)
+            return 2
+        paths = save_results(results, Path(args.out_dir))
+        print(table)
+        print('wrote ' + ', '.join(str(p) for p in paths.values()))
+        return 0
     try:
         settings = BenchmarkSettings(
             sizes=_sizes(args.sizes),

@@ -482,7 +482,8 @@ def format_table(results: Dict[str, object]) -> str:
     lines.append(f'fp32 matmul peak {peak:.1f} GMAC/s ({results["settings"]["matmul_size"]}^3, '
                  f'best of before/after: {results["matmul_gmacs"]["before"]:.1f} / '
                  f'{results["matmul_gmacs"]["after"]:.1f}); {info["cpu"]}, '
-                 f'{info["logical_cores"]} logical cores, {info["threads"]} threads, '
+                 f'{info["logical_cores"]} logical cores, {info["threads"]} '
+                 f'thread{"s" if info["threads"] != 1 else ""}, '
                  f'torch {info["torch"]}, device {info["device"]}.')
     load = results.get('load_average', {})
     if load.get('before') is not None:
@@ -546,13 +547,21 @@ def plot_latency(results: Dict[str, object], path: Path) -> Path:
                [(m['stats']['q3'] - m['stats']['median']) * 1e3 for m in ms]]
         ax.errorbar(px, med, yerr=err, marker=markers[mode], linestyle=lines[mode],
                     capsize=3, label=f'{neck}, {label[mode]}', **styles[neck])
+    if series:  # a slope-1 guide: time proportional to pixels, through the first point
+        first = min((m for ms in series.values() for m in ms),
+                    key=lambda m: (m['size'][0] * m['size'][1], m['stats']['median']))
+        px0, t0 = first['size'][0] * first['size'][1], first['stats']['median'] * 1e3
+        xs = sorted({m['size'][0] * m['size'][1] for ms in series.values() for m in ms})
+        ax.plot(xs, [t0 * x / px0 for x in xs], color='0.6', linewidth=0.8,
+                label='proportional to pixels')
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('input pixels (H x W)')
     clock = 'CPU time' if results['settings'].get('clock') == 'cpu' else 'latency'
     ax.set_ylabel(f'{clock}, batch 1 (ms)')
     info = results['machine']
-    ax.set_title(f'FPN vs VT-FPN inference, {info["device"]}, {info["threads"]} threads')
+    threads = f'{info["threads"]} thread' + ('s' if info['threads'] != 1 else '')
+    ax.set_title(f'FPN vs VT-FPN inference, {info["device"]}, {threads}')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
