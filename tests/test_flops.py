@@ -263,3 +263,13 @@ def test_model_flops_and_params_pinned(paper_results, name):
     for part, expected in pinned['flops'].items():
         assert complexity.flops['' if part == 'total' else part] == pytest.approx(
             expected, rel=0.01), part
+
+
+def test_model_complexity_restores_each_submodule_mode():
+    import torch.nn as nn
+
+    from vtseg.analysis.flops import model_complexity
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model[1].eval()  # a frozen norm inside a training model must stay frozen
+    model_complexity(model, (8, 8))
+    assert model.training and not model[1].training

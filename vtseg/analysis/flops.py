@@ -78,7 +78,8 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int],
     h, w = (int(s) for s in input_shape)
     param = next(model.parameters())
     inputs = torch.zeros(1, 3, h, w, dtype=param.dtype, device=param.device)
-    was_training = model.training
+    # Restore each submodule's own mode: model.train(flag) would overwrite them all.
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         analyzer = FlopAnalyzer(model, inputs)
@@ -88,7 +89,8 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int],
         by_module = analyzer.by_module()
         unsupported = dict(analyzer.unsupported_ops())
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     flops = {'': int(by_module[''])}
     params = {'': _count_params(model)}
     for part in parts:
