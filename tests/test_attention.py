@@ -68,6 +68,9 @@ class _VTModule(nn.Module):
         self.transformer = TokenTransformer(16, 2)
         self.projector = Projector(channels, 16)
 
+    def token_groups(self):
+        return [(self.transformer, [('tokenizer', self.tokenizer)])]
+
     def forward(self, x, tokens_in=None):
         args = (x,) if tokens_in is None else (x, tokens_in)
         tokens = self.transformer(self.tokenizer(*args)[0])
@@ -82,6 +85,10 @@ class _VTBackbone(BaseModule):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, stride=8, padding=1)
         self.vt_modules = nn.ModuleList([_VTModule(8, False), _VTModule(8, True)])
+
+    def token_groups(self):  # as VT-ResNet declares its modules
+        return [(m.transformer, [(f'vt_module{i}', m.tokenizer)])
+                for i, m in enumerate(self.vt_modules)]
 
     def forward(self, x):
         x, tokens = self.vt_modules[0](self.stem(x))
@@ -249,9 +256,39 @@ class _CarryOver(nn.Module):
         self.tokenizer = FilterTokenizer(4, NUM_TOKENS, 8)
         self.transformer = TokenTransformer(8, 2)
 
+    def token_groups(self):  # declares L tokens, attends 2 L
+        return [(self.transformer, [('carried', self.tokenizer)])]
+
     def forward(self, x):
         tokens = self.tokenizer(x)[0]
         return self.transformer(torch.cat([tokens, tokens.flip(1)], 1))
+
+
+def test_recorder_runs_the_explicit_path_and_restores_the_fused_one():
+    """Observing changes nothing: the recorded forward computes what the fused one does
+    (up to rounding), and every block is back on its own path afterwards."""
+    model = _build(_model_cfg())
+
+    def paths():
+        return {n: m.fused_attn for n, m in model.named_modules() if hasattr(m, 'fused_attn')}
+
+    before = paths()
+    assert len(before) == 9 and all(before.values())  # 4 tokenizers, transformer, 4 projectors
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        fused = model(x, mode='tensor')
+        with AttentionRecorder(model) as rec:
+            assert not any(paths().values())
+            recorded = model(x, mode='tensor')
+    assert paths() == before
+    torch.testing.assert_close(recorded, fused, rtol=1e-4, atol=1e-5)
+    assert all(lv.attn is not None for lv in rec.collect())
+
+
+def test_undeclared_tokenizer_is_recorded_without_a_transformer():
+    model = nn.Sequential(FilterTokenizer(4, NUM_TOKENS, 8))
+    (level,) = find_vt_levels(model)
+    assert (level.label, level.tokenizer, level.transformer) == ('0', '0', None)
 
 
 def test_unmatched_transformer_gives_no_mixing_with_a_warning():

@@ -12,6 +12,7 @@ from vtseg.models.layers import (
     Projector,
     RecurrentTokenizer,
     TokenTransformer,
+    explicit_attention,
     token_grid,
 )
 
@@ -19,7 +20,9 @@ SIZES = [(7, 5), (1, 9), (13, 13), (4, 11)]  # odd, 1-pixel-wide and non-square 
 
 
 def _tokenize(tok, x, tokens_in=None):
-    return tok(x, tokens_in) if isinstance(tok, RecurrentTokenizer) else tok(x)
+    """Tokens and attention maps: the explicit attention path returns the maps."""
+    with explicit_attention(tok):
+        return tok(x, tokens_in) if isinstance(tok, RecurrentTokenizer) else tok(x)
 
 
 TOKENIZERS = [FilterTokenizer, RecurrentTokenizer, PoolingTokenizer, ClusteringTokenizer]
@@ -50,7 +53,7 @@ def test_filter_tokenizer_matches_equation():
     torch.manual_seed(0)
     tok = FilterTokenizer(5, 3)
     x = torch.randn(2, 5, 4, 6)
-    tokens, attn = tok(x)
+    tokens, attn = _tokenize(tok, x)
     xf = x.flatten(2).transpose(1, 2)  # (B, N, C)
     a = torch.softmax(xf @ tok.token_filters.t(), dim=1)  # softmax over HW of X W_A
     torch.testing.assert_close(tokens, a.transpose(1, 2) @ xf)
@@ -61,8 +64,8 @@ def test_recurrent_tokenizer_uses_previous_tokens():
     tok = RecurrentTokenizer(5, 3, 7)
     x = torch.randn(1, 5, 4, 4)
     t1 = torch.randn(1, 3, 7)
-    _, a1 = tok(x, t1)
-    _, a2 = tok(x, t1 * 3 + 1)
+    _, a1 = _tokenize(tok, x, t1)
+    _, a2 = _tokenize(tok, x, t1 * 3 + 1)
     assert not torch.allclose(a1, a2)
     xf = x.flatten(2).transpose(1, 2)
     w_r = t1 @ tok.token_to_filter.weight.t()  # W_R = T_in W_{T->R}: (1, L, C)
@@ -95,7 +98,7 @@ def test_clustering_tokenizer_finds_clusters():
     found = sorted(centroids[0].argmax(-1).tolist())
     assert found == [0, 1]
     torch.testing.assert_close(centroids[0].max(-1).values, torch.ones(2), atol=1e-3, rtol=0)
-    _, attn = tok(x)
+    _, attn = _tokenize(tok, x)
     left, right = attn[0, :, :, :4].sum((1, 2)), attn[0, :, :, 4:].sum((1, 2))
     # Each token puts nearly all of its weight on one half, and the two differ.
     assert torch.all(torch.maximum(left, right) > 0.9)
@@ -112,7 +115,8 @@ def test_token_transformer(heads, norm):
     assert out.shape == t.shape
     captured = {}
     h = tr.attn_softmax.register_forward_hook(lambda m, i, o: captured.update(attn=o))
-    tr(t)
+    with explicit_attention(tr):
+        tr(t)
     h.remove()
     assert captured['attn'].shape == (3, heads, 5, 5)
     torch.testing.assert_close(captured['attn'].sum(-1), torch.ones(3, heads, 5))
@@ -227,6 +231,6 @@ def test_tokenizer_low_precision_softmax_is_stable():
     tok = FilterTokenizer(8, 4)
     x = (torch.randn(1, 8, 200, 200) * 30).to(torch.bfloat16)
     tok = tok.to(torch.bfloat16)
-    tokens, attn = tok(x)
+    tokens, attn = _tokenize(tok, x)
     assert torch.isfinite(tokens).all()
     assert math.isclose(attn.float().sum((2, 3)).mean().item(), 1.0, rel_tol=1e-2)

@@ -15,15 +15,20 @@ forward hooks on named modules (the approach of vit-pytorch's ``Recorder``):
   ``attn_softmax`` submodule, ``(B, heads, N, N)`` with rows summing to one over the N
   attended tokens; heads are averaged.
 
-Which transformer relates which tokenizer's tokens is read from the module tree: a
-tokenizer belongs to the ``TokenTransformer`` that is a direct child of its nearest
-ancestor having exactly one. For the two vtseg models this gives
+Which transformer relates which tokenizer's tokens is declared by the models themselves:
+a module with a ``token_groups()`` method (``VTFPN``, ``VTResNet``, ``VTModule``) returns
+``[(transformer, [(label, tokenizer), ...]), ...]`` with the tokenizers in the order their
+tokens are joined. For the two vtseg models this gives
 
-* VT-FPN: ``neck.tokenizers.{i}`` (one per pyramid level) all belong to the one shared
-  ``neck.transformer``; level ``i`` owns the token rows ``i*L .. (i+1)*L - 1`` of its
-  attention (tokenizers are numbered in the order their tokens are concatenated);
-* VT-ResNet: ``backbone.vt_modules.{i}.tokenizer`` belongs to
+* VT-FPN: ``neck.tokenizers.{i}`` (labels ``level{i}``) all belong to the one shared
+  ``neck.transformer``; level ``i`` owns the token rows ``i*L .. (i+1)*L - 1``;
+* VT-ResNet: ``backbone.vt_modules.{i}.tokenizer`` (``vt_module{i}``) belongs to
   ``backbone.vt_modules.{i}.transformer``, which attends over that module's tokens only.
+
+A tokenizer no module declares is recorded without a transformer. While recording, every
+attention block runs on its explicit path
+(:func:`~vtseg.models.layers.attention.explicit_attention`), so the weights exist; the
+blocks' paths are restored afterwards.
 
 The transformer-mixed attention of the paper's second row is
 ``Â[:, l] = sum_l' W[l, l'] A[:, l']``. Tokens of different VT-FPN levels come from maps of
@@ -36,9 +41,9 @@ Shape shorthand: B batch, L tokens of one tokenizer, N tokens attended by a tran
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -53,7 +58,7 @@ from ..models.layers import (
     FilterTokenizer,
     PoolingTokenizer,
     RecurrentTokenizer,
-    TokenTransformer,
+    explicit_attention,
 )
 
 __all__ = [
@@ -71,9 +76,9 @@ class VTLevel:
     """One tokenizer and the rows its tokens occupy in the transformer relating them.
 
     Attributes:
-        label: short, file-name friendly name: ``level{i}`` for ``*.tokenizers.{i}``
-            (VT-FPN), ``vt_module{i}`` for ``*.vt_modules.{i}.tokenizer`` (VT-ResNet),
-            otherwise the module name with dots replaced by underscores.
+        label: short, file-name friendly name, as the model declares it (``level{i}`` for
+            VT-FPN, ``vt_module{i}`` for VT-ResNet), otherwise the module name with dots
+            replaced by underscores.
         tokenizer: module name of the tokenizer, e.g. ``neck.tokenizers.0``.
         transformer: module name of its ``TokenTransformer`` (None if it has none).
         token_offset: first row of this tokenizer's tokens in the transformer's attention.
@@ -134,27 +139,28 @@ def _describe(model: nn.Module) -> str:
     return type(model).__name__ + (f' ({", ".join(parts)})' if parts else '')
 
 
-def _label(name: str) -> str:
-    if m := re.fullmatch(r'(?:.*\.)?tokenizers\.(\d+)', name):
-        return f'level{m.group(1)}'
-    if m := re.fullmatch(r'(?:.*\.)?vt_modules\.(\d+)\.tokenizer', name):
-        return f'vt_module{m.group(1)}'
-    return name.replace('.', '_')
+def _declared_groups(model: nn.Module) -> Dict[str, Tuple[str, str, int]]:
+    """tokenizer name -> (transformer name, label, token offset), as the models declare.
 
-
-def _owning_transformer(name: str, modules: Mapping[str, nn.Module]) -> Optional[str]:
-    """The TokenTransformer child of the nearest ancestor of ``name`` that has exactly one."""
-    parts = name.split('.')
-    for depth in range(len(parts) - 1, -1, -1):
-        prefix = '.'.join(parts[:depth])
-        found = [f'{prefix}.{child}' if prefix else child
-                 for child, module in modules[prefix].named_children()
-                 if isinstance(module, TokenTransformer)]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:  # ambiguous: do not guess which one mixes these tokens
-            return None
-    return None
+    The outermost module with a ``token_groups()`` method speaks for everything below it
+    (VT-ResNet for its VT modules).
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    declared: Dict[str, Tuple[str, str, int]] = {}
+    owners: List[str] = []
+    for name, module in model.named_modules():
+        if any(o == '' or name == o or name.startswith(f'{o}.') for o in owners):
+            continue
+        groups = getattr(module, 'token_groups', None)
+        if not callable(groups):
+            continue
+        owners.append(name)
+        for transformer, members in groups():
+            offset = 0
+            for label, tokenizer in members:
+                declared[names[id(tokenizer)]] = (names[id(transformer)], label, offset)
+                offset += tokenizer.num_tokens
+    return declared
 
 
 def find_vt_levels(model: nn.Module) -> List[VTLevel]:
@@ -174,18 +180,16 @@ def find_vt_levels(model: nn.Module) -> List[VTLevel]:
             ' as in a VTFPN neck (neck.tokenizers.{i}, neck.transformer) or a VTResNet '
             'backbone (backbone.vt_modules.{i}.tokenizer, .transformer). Use a VT-FPN or '
             'VT-ResNet config.')
-    labels = [_label(n) for n in names]
+    declared = _declared_groups(model)
+    labels = [declared[n][1] if n in declared else n.replace('.', '_') for n in names]
     if len(set(labels)) < len(labels):  # e.g. VT modules in both backbone and neck
         labels = [f'{n.split(".")[0]}_{lab}' for n, lab in zip(names, labels)]
     if len(set(labels)) < len(labels):
         labels = [n.replace('.', '_') for n in names]
-    levels, offsets = [], {}
+    levels = []
     for name, label in zip(names, labels):
-        transformer = _owning_transformer(name, modules)
-        offset = offsets.get(transformer, 0)
-        num_tokens = modules[name].num_tokens
-        offsets[transformer] = offset + num_tokens
-        levels.append(VTLevel(label, name, transformer, offset, num_tokens))
+        transformer, _, offset = declared.get(name, (None, None, 0))
+        levels.append(VTLevel(label, name, transformer, offset, modules[name].num_tokens))
     return levels
 
 
@@ -213,6 +217,7 @@ class AttentionRecorder:
         self.token_attn: Dict[str, List[Tensor]] = {}    # tokenizer -> [(B, L, h, w)]
         self.token_mixing: Dict[str, List[Tensor]] = {}  # transformer -> [(B, heads, N, N)]
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
+        self._explicit: Optional[contextlib.ExitStack] = None
 
     def clear(self) -> None:
         """Forget what was recorded."""
@@ -238,6 +243,8 @@ class AttentionRecorder:
                                'instead of entering one twice')
         self.clear()
         modules = dict(self.model.named_modules())
+        self._explicit = contextlib.ExitStack()
+        self._explicit.enter_context(explicit_attention(self.model))
         try:
             for lv in self.levels:
                 self._handles.append(modules[lv.tokenizer].register_forward_hook(
@@ -255,10 +262,13 @@ class AttentionRecorder:
         return False
 
     def remove(self) -> None:
-        """Remove all hooks (done by ``__exit__``)."""
+        """Remove all hooks and restore the attention paths (done by ``__exit__``)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._explicit is not None:
+            self._explicit.close()
+            self._explicit = None
 
     def collect(self) -> List[LevelAttention]:
         """The recorded maps, one :class:`LevelAttention` per level.

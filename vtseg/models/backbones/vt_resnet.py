@@ -188,6 +188,11 @@ class VTResNet(ResNet):
         levels.append(x)
         return levels, tokens
 
+    def token_groups(self) -> List[Tuple[nn.Module, List[Tuple[str, nn.Module]]]]:
+        """Each VT module's transformer relates that module's tokens only."""
+        return [(m.transformer, [(f'vt_module{i}', m.tokenizer)])
+                for i, m in enumerate(self.vt_modules)]
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         levels, _ = self.forward_features(x)
         return tuple(levels[i] for i in self.out_indices)

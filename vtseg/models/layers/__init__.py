@@ -1,4 +1,5 @@
 """Visual Transformer building blocks as plain PyTorch modules."""
+from .attention import attention, explicit_attention, set_fused_attn, use_fused_attn
 from .projector import Projector
 from .tokenizers import (
                          ClusteringTokenizer,
@@ -12,5 +13,6 @@ from .vt_module import VTModule
 
 __all__ = [
     'FilterTokenizer', 'RecurrentTokenizer', 'PoolingTokenizer', 'ClusteringTokenizer',
-    'TokenTransformer', 'Projector', 'VTModule', 'token_grid',
+    'TokenTransformer', 'Projector', 'VTModule', 'token_grid', 'attention',
+    'explicit_attention', 'set_fused_attn', 'use_fused_attn',
 ]

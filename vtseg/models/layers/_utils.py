@@ -19,56 +19,23 @@ def check_positive_int(owner: str, **values) -> None:
             raise ValueError(f'{owner}: {name} must be a positive integer, got {value!r}')
 
 
-#: A single image's pixel axis is cut into at most this many column blocks (see below).
-MAX_PIXEL_BLOCKS = 8
-#: ... each of at least this many pixels.
-MIN_BLOCK_PIXELS = 512
+def flatten_pixels(x: Tensor) -> Tensor:
+    """A feature map as a sequence of pixels, the layout attention wants.
 
+    A view when ``x`` is channels_last (NHWC in memory), a copy otherwise.
 
-def _pixel_blocks(batch: int, pixels: int) -> int:
-    """How many column blocks the products below cut the pixel axis into (1 = none).
-
-    Only for one image: with a batch, the batch already spreads the GEMMs over threads,
-    and blocks of several images cannot be one strided view.
+    Shape:
+        - x: (B, C, H, W) -> (B, N, C), N = H * W
     """
-    if batch != 1:
-        return 1
-    for k in range(MAX_PIXEL_BLOCKS, 1, -1):
-        if pixels % k == 0 and pixels // k >= MIN_BLOCK_PIXELS:
-            return k
-    return 1
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, H, W, C) -> (B, N, C)
 
 
-def rows_times_pixels(rows: Tensor, x: Tensor) -> Tensor:
-    """``rows @ x`` for a few rows (B, M, C) and a feature map (B, C, N): (B, M, N).
+def unflatten_pixels(pixels: Tensor, height: int, width: int) -> Tensor:
+    """Inverse of :func:`flatten_pixels`: a channels_last (B, C, H, W) view, no copy.
 
-    With M = L tokens (8) and N ~ 60k pixels, MKL runs this skinny GEMM on one thread. For
-    one image the pixel axis is viewed as k column blocks, (C, N) -> (k, C, N / k), a batch
-    of k GEMMs that all threads share (about 2x faster on 2 cores at 800x1216). The blocks
-    are views; only the small (M, N) result is copied back in order. Same products, same
-    multiply-accumulate count.
+    Shape:
+        - pixels: (B, N, C) -> (B, C, H, W)
     """
-    b, _, n = x.shape
-    k = _pixel_blocks(b, n)
-    if k == 1:
-        return torch.matmul(rows, x)
-    blocks = x[0].unflatten(1, (k, n // k)).transpose(0, 1)  # (C, k, N/k) -> (k, C, N/k)
-    out = torch.bmm(rows[0].expand(k, -1, -1), blocks)  # (k, M, N/k)
-    return out.transpose(0, 1).reshape(1, rows.shape[1], n)  # (1, M, N)
-
-
-def weights_times_pixels(weights: Tensor, x: Tensor) -> Tensor:
-    """``weights @ x^T`` for pixel weights (B, M, N) and a feature map (B, C, N): (B, M, C).
-
-    The weighted pooling ``T = A^T X`` of the tokenizers. For one image the pixel (sum)
-    axis is split into k blocks whose partial (M, C) products are added (split-K), so all
-    threads share the GEMM (see :func:`rows_times_pixels`); only the order of the sum over
-    pixels changes.
-    """
-    b, _, n = x.shape
-    k = _pixel_blocks(b, n)
-    if k == 1:
-        return torch.matmul(weights, x.transpose(1, 2))
-    w_blocks = weights[0].unflatten(1, (k, n // k)).transpose(0, 1)  # (k, M, N/k)
-    x_blocks = x[0].unflatten(1, (k, n // k)).permute(1, 2, 0)  # (k, N/k, C)
-    return torch.bmm(w_blocks, x_blocks).sum(0, keepdim=True)  # (1, M, C)
+    b, _, c = pixels.shape
+    return pixels.reshape(b, height, width, c).permute(0, 3, 1, 2)

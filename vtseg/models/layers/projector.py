@@ -10,7 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._utils import at_least_float32, check_positive_int, rows_times_pixels
+from ._utils import check_positive_int, flatten_pixels, unflatten_pixels
+from .attention import attention, use_fused_attn
 
 __all__ = ['Projector']
 
@@ -20,14 +21,17 @@ class Projector(nn.Module):
 
         X_out = X_in + softmax_L((X_in W_Q)(T W_K)^T) T W_V
 
-    ``W_V: C_T -> C`` is the value projection of the paper's v1 appendix, needed whenever
-    the token width differs from the feature width (identity otherwise).
+    Cross-attention of the N pixels over the L tokens, evaluated by
+    :func:`~vtseg.models.layers.attention.attention`. ``W_V: C_T -> C`` is the value
+    projection of the paper's v1 appendix, needed whenever the token width differs from the
+    feature width (identity otherwise).
 
-    Two ways to evaluate the query-key product, equal up to rounding:
+    Two ways to form the query-key product, equal up to rounding:
 
     * ``fast=True`` (default) uses associativity, ``(X W_Q)(T W_K)^T = X (T W_K W_Q^T)^T``:
-      the (L, C) matrix ``T W_K W_Q^T`` is built in token space and each pixel pays
-      ``C x L`` multiply-accumulates instead of ``C x d`` for ``X W_Q``.
+      the keys ``T W_K W_Q^T`` (L, C) are built in token space and the pixels are the
+      queries as they are, so each pixel pays ``C x L`` multiply-accumulates instead of
+      ``C x d`` for ``X W_Q``;
     * ``fast=False`` follows the equation literally (per-pixel ``X W_Q``).
 
     Args:
@@ -36,14 +40,9 @@ class Projector(nn.Module):
         qk_channels: d (default C).
         fast: evaluate the query-key product in token space.
 
-    ``forward(x, tokens, inplace=True)`` accumulates the read-out into ``x``'s memory and
-    returns it (``x`` is overwritten) when autograd is not recording: inference then
-    allocates no (B, C, H, W) temporary. It is ignored while autograd records and while
-    tracing (FLOP counting sees the out-of-place product).
-
     Shape:
         - x: (B, C, H, W), tokens: (B, L, C_T)
-        - returns (B, C, H, W)
+        - returns (B, C, H, W), in ``x``'s memory format
     """
 
     def __init__(self, in_channels: int, token_channels: int, *,
@@ -55,6 +54,7 @@ class Projector(nn.Module):
         self.in_channels = in_channels
         self.token_channels = token_channels
         self.fast = fast
+        self.fused_attn = use_fused_attn()
         self.scale = qk_channels ** -0.5
         self.query = nn.Linear(in_channels, qk_channels, bias=False)   # W_Q (pixels)
         self.key = nn.Linear(token_channels, qk_channels, bias=False)  # W_K (tokens)
@@ -62,7 +62,7 @@ class Projector(nn.Module):
                       if token_channels != in_channels else nn.Identity())
         self.attn_softmax = nn.Softmax(dim=-1)  # softmax_L: each pixel over the tokens
 
-    def forward(self, x: Tensor, tokens: Tensor, *, inplace: bool = False) -> Tensor:
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'Projector expects a (B, {self.in_channels}, H, W) feature map, '
                              f'got {tuple(x.shape)}')
@@ -70,25 +70,19 @@ class Projector(nn.Module):
                 or tokens.shape[-1] != self.token_channels:
             raise ValueError(f'Projector expects tokens of shape (B={x.shape[0]}, L, '
                              f'{self.token_channels}), got {tuple(tokens.shape)}')
-        pixels = x.flatten(2)  # (B, C, N)
-        tk = self.key(tokens)  # T W_K: (B, L, d)
+        _, _, h, w = x.shape
+        pixels = flatten_pixels(x)  # X: (B, N, C)
+        keys = self.key(tokens)  # T W_K: (B, L, d)
         if self.fast:
-            # T W_K W_Q^T, token space: (B, L, d) x (d, C) -> (B, L, C)
+            # Token space: T W_K W_Q^T / sqrt(d), (B, L, d) x (d, C) -> (B, L, C); the
+            # 1/sqrt(d) is applied to these L x C numbers rather than to N x L logits.
             # (nn.Linear stores W_Q^T, so self.query.weight is (d, C).)
-            # The 1/sqrt(d) logit scale is applied here, to L x C numbers instead of N x L.
-            tkq = torch.matmul(tk, self.query.weight) * self.scale
-            # X (T W_K W_Q^T)^T, computed transposed so that the long pixel axis is the GEMM's
-            # contiguous output axis:     (B, L, C) x (B, C, N) -> (B, L, N) -> (B, N, L) view
-            logits = at_least_float32(rows_times_pixels(tkq, pixels).transpose(1, 2))
+            queries, keys = pixels, torch.matmul(keys, self.query.weight) * self.scale
+            scale = 1.0
         else:
-            xq = self.query(pixels.transpose(1, 2))  # X W_Q: (B, N, d)
-            logits = torch.einsum('bnd,bld->bnl', xq, tk)  # (X W_Q)(T W_K)^T
-            logits = at_least_float32(logits) * self.scale
-        attn = self.attn_softmax(logits).to(x.dtype)  # (B, N, L)
+            queries, scale = self.query(pixels), self.scale  # X W_Q: (B, N, d)
         values = self.value(tokens)  # T W_V: (B, L, C)
-        # (A T W_V)^T, pixels last:         (B, C, L) x (B, L, N) -> (B, C, N)
-        values_t, attn_t = values.transpose(1, 2), attn.transpose(1, 2)
-        if inplace and not torch.is_grad_enabled() and not torch.jit.is_tracing():
-            # X_in += ..., one pass over the map and no (B, C, N) temporaries.
-            return pixels.baddbmm_(values_t.to(x.dtype), attn_t).reshape(x.shape)
-        return x + torch.matmul(values_t, attn_t).reshape(x.shape)
+        # softmax_L(queries keys^T) T W_V  (B, 1, N, .) x (B, 1, L, .) -> (B, 1, N, C)
+        read, _ = attention(queries[:, None], keys[:, None], values[:, None], scale=scale,
+                            fused=self.fused_attn, softmax=self.attn_softmax)
+        return x + unflatten_pixels(read[:, 0], h, w)  # X_in + ..., Eq. (5)

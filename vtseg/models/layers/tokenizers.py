@@ -14,8 +14,12 @@ Every tokenizer maps a feature map ``x: (B, C, H, W)`` to
   over the ``H x W`` pixels, and ``tokens[b, l] = sum_p attn[b, l, p] * x[b, :, p]`` (before
   the optional ``C -> C_T`` projection).
 
-The attention softmax of each tokenizer is the submodule ``attn_softmax`` so tools can
-capture it with forward hooks (:mod:`vtseg.analysis.attention`).
+The learned tokenizers are cross-attention of L queries over the pixels with scale 1,
+evaluated by :func:`~vtseg.models.layers.attention.attention`: on its fused path ``attn``
+is not materialised and is returned as ``None``; on the explicit path (``fused_attn =
+False``, or inside :func:`~vtseg.models.layers.attention.explicit_attention`) it is
+returned and passes through the submodule ``attn_softmax``, so tools can capture it with
+forward hooks (:mod:`vtseg.analysis.attention`).
 """
 from __future__ import annotations
 
@@ -26,12 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import (
-    at_least_float32,
-    check_positive_int,
-    rows_times_pixels,
-    weights_times_pixels,
-)
+from ._utils import check_positive_int, flatten_pixels
+from .attention import attention, use_fused_attn
 
 __all__ = ['FilterTokenizer', 'RecurrentTokenizer', 'PoolingTokenizer', 'ClusteringTokenizer']
 
@@ -63,8 +63,9 @@ class _SpatialTokenizer(nn.Module):
         self.in_channels = in_channels
         self.num_tokens = num_tokens
         self.token_channels = token_channels
+        self.fused_attn = use_fused_attn()
         # softmax_HW: each token's weights over the N pixels sum to one.
-        self.attn_softmax = nn.Softmax(dim=1)
+        self.attn_softmax = nn.Softmax(dim=-1)
         self.token_proj = (nn.Linear(in_channels, token_channels)
                            if token_channels != in_channels else nn.Identity())
 
@@ -73,24 +74,24 @@ class _SpatialTokenizer(nn.Module):
             raise ValueError(f'{type(self).__name__} expects a (B, {self.in_channels}, H, W) '
                              f'feature map, got shape {tuple(x.shape)}')
 
-    def _pool(self, x: Tensor, logits: Tensor) -> Tuple[Tensor, Tensor]:
-        """``A = softmax_HW(logits)``, ``T = A^T X``.
+    def _attend(self, x: Tensor, queries: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """``A = softmax_HW(Q X^T)``, ``T = A X``: the L queries attend over the pixels.
 
         Args:
-            x: (B, C, H, W) feature map.
-            logits: (B, N, L) token-pixel scores. The tokenizers pass a transposed view of
-                a (B, L, N) tensor: computing the scores as (L, C) x (C, N) keeps the long
-                pixel axis contiguous in the GEMM, about 3x faster on CPU than writing
-                (B, N, L) directly, and the softmax below copies only the small scores.
+            x: (B, C, H, W) feature map, keys and values at once.
+            queries: (B, L, C), one filter per token (``W_A^T``, ``W_R`` or centroids).
+
+        Returns:
+            tokens (B, L, C_T) and attn (B, L, H, W), or ``None`` on the fused path.
         """
         b, _, h, w = x.shape
-        # Softmax over tens of thousands of pixels: compute it in float32 so that fp16 and
-        # bf16 runs neither overflow nor lose the small weights.
-        attn = self.attn_softmax(at_least_float32(logits)).to(x.dtype)  # (B, N, L)
-        # T = A^T X                                     (B, N, L) x (B, C, N) -> (B, L, C)
-        tokens = weights_times_pixels(attn.transpose(1, 2), x.flatten(2))
-        tokens = self.token_proj(tokens)  # (B, L, C) -> (B, L, C_T)
-        attn = attn.transpose(1, 2).reshape(b, self.num_tokens, h, w)  # (B, L, H, W)
+        pixels = flatten_pixels(x)[:, None]  # (B, 1, N, C): one head
+        # T = softmax_HW(Q X^T) X                (B, 1, L, C) x (B, 1, N, C) -> (B, 1, L, C)
+        tokens, attn = attention(queries[:, None], pixels, pixels, scale=1.0,
+                                 fused=self.fused_attn, softmax=self.attn_softmax)
+        tokens = self.token_proj(tokens[:, 0])  # (B, L, C) -> (B, L, C_T)
+        if attn is not None:
+            attn = attn.reshape(b, self.num_tokens, h, w)  # (B, 1, L, N) -> (B, L, H, W)
         return tokens, attn
 
 
@@ -102,7 +103,7 @@ class FilterTokenizer(_SpatialTokenizer):
 
     Shape:
         - x: (B, C, H, W)
-        - returns tokens (B, L, C_T) and attn (B, L, H, W)
+        - returns tokens (B, L, C_T) and attn (B, L, H, W) (``None`` on the fused path)
     """
 
     def __init__(self, in_channels: int, num_tokens: int,
@@ -111,14 +112,13 @@ class FilterTokenizer(_SpatialTokenizer):
         self.token_filters = nn.Parameter(torch.empty(num_tokens, in_channels))  # W_A^T
         nn.init.kaiming_uniform_(self.token_filters, a=math.sqrt(5))
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         self._check_input(x)
-        # (X W_A)^T = W_A^T X^T                       (B, L, C) x (B, C, N) -> (B, L, N)
-        # (W_A^T expanded over the batch, a view: mmengine's FlopAnalyzer counts a 2-D x 3-D
-        # matmul as if the batch were 1.)
+        # Queries W_A^T, the same for every image: (L, C) -> (B, L, C) view. (Expanded
+        # rather than broadcast: mmengine's FlopAnalyzer counts a 2-D x 3-D product as if
+        # the batch were 1.)
         filters = self.token_filters.expand(x.shape[0], -1, -1)
-        logits = rows_times_pixels(filters, x.flatten(2))
-        return self._pool(x, logits.transpose(1, 2))  # (B, N, L) view
+        return self._attend(x, filters)  # Eq. (1)
 
 
 class RecurrentTokenizer(_SpatialTokenizer):
@@ -135,7 +135,7 @@ class RecurrentTokenizer(_SpatialTokenizer):
 
     Shape:
         - x: (B, C, H, W), tokens_in: (B, L, C_T)
-        - returns tokens (B, L, C_T) and attn (B, L, H, W)
+        - returns tokens (B, L, C_T) and attn (B, L, H, W) (``None`` on the fused path)
     """
 
     def __init__(self, in_channels: int, num_tokens: int,
@@ -144,16 +144,14 @@ class RecurrentTokenizer(_SpatialTokenizer):
         # W_{T->R}: token space (C_T) -> filter space (C).
         self.token_to_filter = nn.Linear(self.token_channels, in_channels, bias=False)
 
-    def forward(self, x: Tensor, tokens_in: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, tokens_in: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         self._check_input(x)
         expected = (x.shape[0], self.num_tokens, self.token_channels)
         if tuple(tokens_in.shape) != expected:
             raise ValueError(f'RecurrentTokenizer expects incoming tokens of shape {expected}, '
                              f'got {tuple(tokens_in.shape)}')
         filters = self.token_to_filter(tokens_in)  # W_R = T_in W_{T->R}: (B, L, C)
-        # (X W_R^T)^T = W_R X^T                       (B, L, C) x (B, C, N) -> (B, L, N)
-        logits = rows_times_pixels(filters, x.flatten(2))
-        return self._pool(x, logits.transpose(1, 2))  # (B, N, L) view
+        return self._attend(x, filters)  # Eq. (2)
 
 
 def _bilinear_weights(in_size: int, out_size: int, x: Tensor) -> Tensor:
@@ -205,7 +203,7 @@ class ClusteringTokenizer(_SpatialTokenizer):
 
     Shape:
         - x: (B, C, H, W)
-        - returns tokens (B, L, C_T) and attn (B, L, H, W)
+        - returns tokens (B, L, C_T) and attn (B, L, H, W) (``None`` on the fused path)
     """
 
     def __init__(self, in_channels: int, num_tokens: int,
@@ -233,7 +231,5 @@ class ClusteringTokenizer(_SpatialTokenizer):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         self._check_input(x)
-        centroids = self.centroids(x).to(x.dtype)
-        # (X K^T)^T = K X^T                           (B, L, C) x (B, C, N) -> (B, L, N)
-        logits = rows_times_pixels(centroids, x.flatten(2))
-        return self._pool(x, logits.transpose(1, 2))  # (B, N, L) view
+        centroids = self.centroids(x).to(x.dtype)  # K: (B, L, C), in place of W_A^T
+        return self._attend(x, centroids)  # T = softmax_HW(K X^T) X

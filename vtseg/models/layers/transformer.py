@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from ._utils import check_positive_int
+from .attention import attention, use_fused_attn
 
 __all__ = ['TokenTransformer']
 
@@ -32,6 +32,10 @@ class TokenTransformer(nn.Module):
       a norm the token magnitudes drift in fp16/bf16. It adds no multiply-accumulates worth
       counting.
     * the logits are scaled by ``d ** -0.5`` (standard dot-product attention scaling).
+
+    The attention is self-attention of the tokens (queries ``T_in K``, keys ``T_in Q``, in
+    the paper's order), evaluated by :func:`~vtseg.models.layers.attention.attention`;
+    on its explicit path the weights pass through the submodule ``attn_softmax``.
 
     Args:
         channels: C_T, token width.
@@ -61,6 +65,7 @@ class TokenTransformer(nn.Module):
         self.channels = channels
         self.num_heads = num_heads
         self.scale = (qk_channels // num_heads) ** -0.5
+        self.fused_attn = use_fused_attn()
 
         self.norm1 = nn.LayerNorm(channels) if norm else nn.Identity()
         self.key = nn.Linear(channels, qk_channels, bias=False)    # K in Eq. (3)
@@ -87,8 +92,8 @@ class TokenTransformer(nn.Module):
         tk = self._heads(self.key(t))    # T_in K: (B, h, L, d)
         tq = self._heads(self.query(t))  # T_in Q: (B, h, L, d)
         v = self._heads(self.value(t))   # T_in:   (B, h, L, C_T / h)
-        # softmax_L((T_in K)(T_in Q)^T)                         -> (B, h, L, L), Eq. (3)
-        attn = self.attn_softmax(torch.einsum('bhid,bhjd->bhij', tk, tq) * self.scale)
-        mixed = torch.einsum('bhij,bhjc->bhic', attn, v)  # (B, h, L, C_T / h)
+        # softmax_L((T_in K)(T_in Q)^T) T_in                  -> (B, h, L, C_T / h), Eq. (3)
+        mixed, _ = attention(tk, tq, v, scale=self.scale, fused=self.fused_attn,
+                             softmax=self.attn_softmax)
         tokens = tokens + mixed.transpose(1, 2).reshape(b, n, c)  # T'_out
         return tokens + self.ffn(self.norm2(tokens))  # T_out, Eq. (4)

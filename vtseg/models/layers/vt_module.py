@@ -7,7 +7,7 @@ Shape shorthand: B batch, C feature channels, H, W map size, L tokens, C_T token
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -69,6 +69,10 @@ class VTModule(nn.Module):
             norm=norm, value_proj=value_proj)
         self.projector = Projector(in_channels, token_channels,
                                    qk_channels=projector_qk_channels, fast=fast_projector)
+
+    def token_groups(self) -> List[Tuple[nn.Module, List[Tuple[str, nn.Module]]]]:
+        """The tokenizer whose tokens the transformer relates (see :mod:`vtseg.analysis`)."""
+        return [(self.transformer, [('tokenizer', self.tokenizer)])]
 
     def forward(self, x: Tensor, tokens_in: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if self.recurrent:

@@ -13,68 +13,10 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import FilterTokenizer, Projector, TokenTransformer
 
 __all__ = ['VTFPN']
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
-def _lateral(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` for a lateral :class:`ConvModule`; a plain 1x1 conv runs as one GEMM.
-
-    With several threads PyTorch runs a CPU convolution through oneDNN, which reorders NCHW
-    maps to blocked layouts and back; the same product as one GEMM over the (B, C_i, N) map
-    is about 1.6x faster at stride 4 of an 800x1216 image on 2 cores (see
-    ``docs/benchmarks.md``). A BatchNorm in eval mode is folded into the GEMM's weight and
-    bias (as mmcv's ``efficient_conv_bn_eval``), which saves a pass over the map, and the
-    bias is the GEMM's initial value. Same parameters, same result up to rounding. Anything else
-    (padding, strides, groups, a norm before the conv) runs the module itself, and so does
-    a lateral that is observed: while tracing (FLOP counting attributes MACs to
-    ``lateral_convs.i``) or when forward hooks are registered on it or its conv.
-
-    Shape:
-        - x: (B, C_i, H, W) -> (B, C, H, W)
-    """
-    conv = getattr(module, 'conv', None)
-    if not (isinstance(module, ConvModule) and isinstance(conv, nn.Conv2d)
-            and tuple(module.order) == ('conv', 'norm', 'act')
-            and not module.with_explicit_padding and conv.padding_mode == 'zeros'
-            and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.groups == 1) \
-            or torch.jit.is_tracing() or _has_hooks(module) or _has_hooks(conv):
-        return module(x)
-    b, _, h, w = x.shape
-    weight, bias = conv.weight.flatten(1), conv.bias  # (C, C_i), (C,) or None
-    norm = module.norm if module.with_norm else None
-    if isinstance(norm, _BatchNorm) and not norm.training and norm.track_running_stats:
-        # BN(W x + b) = (s W) x + s (b - mean) + beta, s = gamma / sqrt(var + eps)
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if bias is not None:
-            shift = shift + bias * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        weight, bias, norm = weight * scale[:, None], shift, None
-    # W C_i + b                                  (C, C_i) x (B, C_i, N) -> (B, C, N)
-    x = x.flatten(2)
-    weight = weight.expand(b, -1, -1)  # (B, C, C_i) view
-    if bias is None:
-        y = torch.bmm(weight, x)
-    else:  # the GEMM accumulates onto the broadcast bias: no separate pass over the map
-        y = torch.baddbmm(bias.view(1, -1, 1).expand(b, -1, x.shape[-1]), weight, x)
-    y = y.view(b, -1, h, w)
-    if norm is not None:
-        y = norm(y)
-    if module.with_activation:
-        y = module.activate(y)
-    return y
 
 
 @MODELS.register_module()
@@ -158,6 +100,15 @@ class VTFPN(BaseModule):
             Projector(out_channels, token_channels, fast=fast_projector)
             for _ in self.in_channels)
 
+    def token_groups(self) -> List[Tuple[nn.Module, List[Tuple[str, nn.Module]]]]:
+        """Which tokenizers feed which transformer, in the order their tokens are joined.
+
+        Read by :mod:`vtseg.analysis.attention`: the one transformer relates the tokens of
+        every level, level ``i`` owning rows ``i*L .. (i+1)*L - 1`` of its attention.
+        """
+        return [(self.transformer,
+                 [(f'level{i}', tokenizer) for i, tokenizer in enumerate(self.tokenizers)])]
+
     def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         if len(inputs) != len(self.in_channels):
             raise ValueError(f'VTFPN was built for {len(self.in_channels)} input levels '
@@ -169,15 +120,12 @@ class VTFPN(BaseModule):
                                  f'in_channels[{i}]={c}; set in_channels to the channels '
                                  'of the backbone outputs, here '
                                  f'{[t.shape[1] if t.dim() > 1 else None for t in inputs]}')
-        feats = [_lateral(m, x) for m, x in zip(self.lateral_convs, inputs)]  # (B, C, Hi, Wi)
+        feats = [lateral(x) for lateral, x in zip(self.lateral_convs, inputs)]  # (B, C, Hi, Wi)
         tokens = [tokenizer(x)[0] for tokenizer, x in zip(self.tokenizers, feats)]  # (B, L, C_T)
         # One transformer relates the tokens of all levels: (B, S * L, C_T).
         mixed = self.transformer(torch.cat(tokens, dim=1))
         mixed = mixed.split(self.num_tokens, dim=1)  # S x (B, L, C_T)
-        # Under no_grad the projectors add their read-out into feats in place (feats are
-        # this forward's own temporaries): no extra (B, C, Hi, Wi) maps at inference.
-        outs: List[Tensor] = [proj(x, t, inplace=True)
-                              for proj, x, t in zip(self.projectors, feats, mixed)]
+        outs: List[Tensor] = [proj(x, t) for proj, x, t in zip(self.projectors, feats, mixed)]
         # Extra levels, as FPN without extra convs: stride-2 max pooling of the last output.
         while len(outs) < self.num_outs:
             outs.append(F.max_pool2d(outs[-1], 1, stride=2))
