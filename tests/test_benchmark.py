@@ -1,5 +1,5 @@
-"""Tests of the FPN vs VT-FPN benchmark (vtseg.analysis.benchmark, tools/benchmark.py) and of
-the inference fast paths it measures. Functional only: nothing here asserts a timing."""
+"""Tests of the FPN vs VT-FPN benchmark (vtseg.analysis.benchmark, tools/benchmark.py).
+Functional only: nothing here asserts a timing."""
 import importlib.util
 import json
 import statistics
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.analysis import FlopAnalyzer
 
 from vtseg.analysis.benchmark import (
     BenchmarkSettings,
+    best_forms,
     format_table,
     interleaved_times,
     paired_speedup,
@@ -22,12 +22,11 @@ from vtseg.analysis.benchmark import (
     save_results,
     scaling_exponents,
 )
-from vtseg.models import VTFPN
-from vtseg.models.layers import FilterTokenizer, Projector
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(sizes=[(64, 64)], modes=['neck'], warmup=0, repeats=1, batch=2,
-            throughput_sizes=[(64, 64)], matmul_size=64, config_dir=str(ROOT / 'configs'))
+TINY = dict(sizes=[(64, 64)], modes=['neck'], forms=['eager', 'channels_last', 'optimized'],
+            warmup=0, repeats=1, batch=2, throughput_sizes=[(64, 64)], train_sizes=[],
+            matmul_size=64, config_dir=str(ROOT / 'configs'))
 
 
 def test_parse_size():
@@ -42,6 +41,10 @@ def test_parse_size():
     ('repeats', 0, 'repeats must be an integer >= 1'),
     ('warmup', -1, 'warmup must be an integer >= 0'),
     ('modes', ['neck', 'r34'], 'choose among'),
+    ('forms', ['eager', 'jit'], 'choose among'),
+    ('forms', [], 'choose among'),
+    ('train_forms', ['optimized'], 'choose among'),
+    ('device', 'tpu', 'use cpu or cuda'),
     ('sizes', [], 'sizes is empty'),
     ('threads', 0, 'threads must be a positive integer'),
     ('clock', 'tsc', 'clock must be one of'),
@@ -90,27 +93,42 @@ def test_benchmark_end_to_end(tmp_path):
     results = run_benchmark(BenchmarkSettings(**TINY), log=logs.append)
     assert set(results) == {'machine', 'settings', 'matmul_gmacs', 'load_average',
                             'measurements'}
-    assert {'cpu', 'logical_cores', 'torch', 'threads', 'device'} <= set(results['machine'])
+    assert {'cpu', 'cpu_isa', 'logical_cores', 'torch', 'threads', 'device'} <= set(
+        results['machine'])
     assert results['matmul_gmacs']['peak'] > 0
     rows = results['measurements']
-    assert [(m['neck'], m['batch']) for m in rows] == [
-        ('FPN', 1), ('VT-FPN', 1), ('FPN', 2), ('VT-FPN', 2)]
+    forms = TINY['forms']
+    assert [(m['neck'], m['form'], m['batch']) for m in rows] == [
+        (n, f, b) for b in (1, 2) for n in ('FPN', 'VT-FPN') for f in forms]
     for m in rows:
-        assert m['mode'] == 'neck' and m['size'] == [64, 64] and len(m['times_s']) == 1
+        assert m['kind'] == 'inference' and m['mode'] == 'neck' and m['size'] == [64, 64]
+        assert len(m['times_s']) == 1
         assert set(m['stats']) == {'median', 'q1', 'q3', 'min', 'max'}
         assert m['config'].endswith('fpn_r50_coco-stuff164k.py')
         assert isinstance(m['peak_memory_bytes'], int) and m['peak_memory_bytes'] > 0
         assert isinstance(m['peak_rss_bytes'], int)
-    fpn, vt = rows[0], rows[1]
+    fpn, vt = rows[0], rows[len(forms)]
     assert fpn['macs'] > 0 and vt['macs'] > 0 and fpn['macs'] != vt['macs']
-    assert rows[2]['macs'] == fpn['macs'] and rows[3]['macs'] == vt['macs']  # per image
+    # Both necks run the same lateral 1x1 convs: VT-FPN's floor is work FPN does too.
+    assert fpn['lateral_macs'] == vt['lateral_macs'] > 0
+    assert all(m['macs'] == (fpn if m['neck'] == 'FPN' else vt)['macs'] for m in rows)
+
+    best = best_forms(results)
+    assert set(best) == {('inference', 'neck', (64, 64), 1), ('inference', 'neck', (64, 64), 2)}
+    for b in best.values():
+        assert b['fpn']['stats']['median'] == min(
+            m['stats']['median'] for m in rows
+            if m['neck'] == 'FPN' and m['batch'] == b['fpn']['batch'])
+        assert b['speedup'] == pytest.approx(b['fpn']['times_s'][0] / b['vt']['times_s'][0])
 
     paths = save_results(results, tmp_path / 'out')
     loaded = json.loads(paths['json'].read_text())
-    assert loaded['measurements'][1]['neck'] == 'VT-FPN'
+    assert loaded['measurements'][len(forms)]['neck'] == 'VT-FPN'
     table = paths['table'].read_text()
-    assert '| neck | 64x64 | 1 |' in table and '| neck | 64x64 | 2 |' in table
-    assert 'speed-up' in table and 'fp32 matmul peak' in table
+    assert 'Best against best' in table and 'VT-FPN floor' in table
+    for form in forms:
+        assert f'| neck | 64x64 | 1 | {form} |' in table
+    assert 'fp32 matmul peak' in table and results['machine']['cpu'] in table
     assert paths['plot'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert table.strip() == format_table(results)
 
@@ -125,7 +143,8 @@ def test_paired_speedup_uses_back_to_back_pairs():
 
 def test_scaling_exponent_of_linear_times():
     def row(neck, px, t):
-        return dict(mode='neck', neck=neck, size=[px, 1], batch=1, stats=dict(median=t))
+        return dict(mode='neck', neck=neck, size=[px, 1], batch=1, stats=dict(median=t),
+                    times_s=[t], macs=None)
     results = dict(measurements=[row('FPN', 100, 1.0), row('FPN', 400, 4.0),
                                  row('VT-FPN', 100, 1.0), row('VT-FPN', 400, 2.0)])
     slopes = scaling_exponents(results)
@@ -138,17 +157,23 @@ def test_cli_writes_table_json_and_plot(tmp_path):
     out = tmp_path / 'bench'
     proc = subprocess.run(
         [sys.executable, str(ROOT / 'tools/benchmark.py'), '--models', 'neck,r50',
-         '--sizes', '64x64', '--repeats', '1', '--warmup', '0', '--batch', '1',
+         '--sizes', '64x64', '--repeats', '1', '--warmup', '0',
+         '--forms', 'eager,channels_last', '--train-sizes', '64x64',
          '--matmul-size', '64', '--threads', '1', '--clock', 'cpu', '--out-dir', str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert '| R-50 | 64x64 | 1 |' in proc.stdout and '| neck | 64x64 | 1 |' in proc.stdout
+    assert '| R-50 | 64x64 | 1 | eager |' in proc.stdout
+    assert '| neck | 64x64 | 1 | channels_last |' in proc.stdout
+    assert '| R-50 train step | 64x64 | 2 | channels_last |' in proc.stdout
     assert 'FPN CPU ms' in proc.stdout and 'process CPU time' in proc.stdout
     data = json.loads((out / 'benchmark.json').read_text())
     assert {m['mode'] for m in data['measurements']} == {'neck', 'r50'}
-    r50 = [m for m in data['measurements'] if m['mode'] == 'r50']
+    r50 = {(m['neck'], m['kind']): m for m in data['measurements']
+           if m['mode'] == 'r50' and m['form'] == 'eager'}
     # Whole model: backbone + neck + head, VT-FPN cheaper by the neck difference only.
-    assert r50[0]['macs'] > r50[1]['macs'] > 0
+    assert r50['FPN', 'inference']['macs'] > r50['VT-FPN', 'inference']['macs'] > 0
+    assert {k for k in r50} == {(n, k) for n in ('FPN', 'VT-FPN')
+                                for k in ('inference', 'train')}
     assert (out / 'benchmark_latency.png').stat().st_size > 0
 
 
@@ -177,70 +202,19 @@ def test_cli_redraws_from_json(tmp_path, capsys):
     saved.write_text(json.dumps(results))
     assert _cli().main(['--from-json', str(saved), '--out-dir', str(tmp_path / 'redraw')]) == 0
     out = capsys.readouterr().out
-    assert '| neck | 64x64 | 1 |' in out and 'n/a / n/a' in out  # no memory measured
+    assert '| neck | 64x64 | 1 | eager |' in out and 'n/a / n/a' in out  # no memory measured
     assert (tmp_path / 'redraw' / 'benchmark_latency.png').stat().st_size > 0
 
 
-# ----------------------------------------------- the inference fast paths equal the plain ones
-def _randomize_bn(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 2)
-            m.bias.data.uniform_(-1, 1)
 
 
-@pytest.mark.parametrize('norm_cfg', [None, dict(type='BN')])
-def test_vtfpn_inference_path_matches_module_path(norm_cfg):
-    """Under no_grad VT-FPN runs its 1x1 laterals as GEMMs (BN folded) and projects in place;
-    with a hook on the laterals and autograd on it runs the modules and out-of-place
-    projections. Both give the same outputs, and the inputs are left untouched."""
-    torch.manual_seed(0)
-    channels = [8, 16, 32, 64]
-    neck = VTFPN(channels, 12, 5, num_tokens=4, token_channels=16, num_heads=4,
-                 norm_cfg=norm_cfg)
-    _randomize_bn(neck)
-    neck.eval()
-    inputs = [torch.randn(2, c, 19 // s + 1, 27 // s + 1) for c, s in zip(channels, [1, 2, 4, 8])]
-    copies = [x.clone() for x in inputs]
-    with torch.no_grad():
-        fast = neck(inputs)
-    seen = []
-    handles = [m.register_forward_hook(lambda *_: seen.append(1)) for m in neck.lateral_convs]
-    plain = neck(inputs)  # autograd records: module path, out-of-place projectors
-    for h in handles:
-        h.remove()
-    assert len(seen) == len(channels)  # the hooked laterals ran as modules
-    assert plain[0].requires_grad
-    for a, b in zip(fast, plain):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    for x, c in zip(inputs, copies):
-        assert torch.equal(x, c)
-
-
-def test_projector_inplace_only_without_autograd():
-    torch.manual_seed(0)
-    proj = Projector(6, 10)
-    x, t = torch.randn(2, 6, 5, 7), torch.randn(2, 3, 10)
-    ref = proj(x, t)
-    x_copy = x.clone()
-    with torch.no_grad():
-        out = proj(x_copy, t, inplace=True)
-    assert out.data_ptr() == x_copy.data_ptr()  # written into x's memory
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    kept = x.clone()
-    proj(kept, t, inplace=True)  # autograd records: ignored
-    assert torch.equal(kept, x)
-
-
-def test_fast_paths_count_the_same_macs():
-    """FLOP counting traces the module path; the tokenizer's GEMM counts every image."""
-    tok = FilterTokenizer(16, 4)
-    macs = [FlopAnalyzer(tok, torch.randn(b, 16, 9, 11)).total() for b in (1, 3)]
-    # logits + weighted pooling; mmengine counts einsums to 3-4 significant digits
-    assert macs[0] == pytest.approx(2 * 16 * 4 * 9 * 11, rel=1e-3)
-    assert macs[1] == pytest.approx(3 * macs[0], rel=1e-3)
-    neck = VTFPN([8, 16], 12, 2, num_tokens=4, token_channels=16, num_heads=4).eval()
-    analyzer = FlopAnalyzer(neck, ([torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)],))
-    assert analyzer.by_module()['lateral_convs.0'] == 8 * 12 * 8 * 8
+@pytest.mark.slow  # compiles two necks (about a minute on 2 cores)
+def test_compiled_forms_are_timed_after_compiling():
+    logs = []
+    results = run_benchmark(BenchmarkSettings(**{**TINY, 'forms': ['eager', 'optimized+compile'],
+                                                 'throughput_sizes': [], 'memory': False}),
+                            log=logs.append)
+    assert [(m['neck'], m['form']) for m in results['measurements']] == [
+        ('FPN', 'eager'), ('FPN', 'optimized+compile'), ('VT-FPN', 'eager'),
+        ('VT-FPN', 'optimized+compile')]
+    assert sum('compiled in' in line for line in logs) == 2

@@ -17,7 +17,12 @@ from torch import nn
 
 import vtseg  # noqa: F401
 from vtseg.analysis.config_model import build_model_from_config, disable_pretrained
-from vtseg.analysis.flops import EXTRA_OP_HANDLES, format_complexity, model_complexity
+from vtseg.analysis.flops import (
+    EXTRA_OP_HANDLES,
+    flop_analyzer,
+    format_complexity,
+    model_complexity,
+)
 from vtseg.analysis.paper_tables import (
     PAPER_TABLES_9_10,
     RowResult,
@@ -62,10 +67,7 @@ class _Neck(nn.Module):
 def neck_flops(neck: nn.Module, sizes, channels=R50_CHANNELS) -> int:
     feats = tuple(torch.zeros(1, c, h, w) for c, (h, w) in zip(channels, sizes))
     with torch.no_grad():
-        analyzer = FlopAnalyzer(_Neck(neck).eval(), feats).set_op_handle(**EXTRA_OP_HANDLES)
-        analyzer.unsupported_ops_warnings(False)
-        analyzer.uncalled_modules_warnings(False)
-        return int(analyzer.total())
+        return int(flop_analyzer(_Neck(neck).eval(), feats).total())
 
 
 def vtfpn_macs_by_formula(sizes, channels, c, num_tokens, c_t) -> int:
@@ -87,12 +89,17 @@ def vtfpn_macs_by_formula(sizes, channels, c, num_tokens, c_t) -> int:
     return total
 
 
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'explicit'])
 @pytest.mark.parametrize('shape', sorted(FEATURE_SIZES))
-def test_vtfpn_counts_every_product(shape):
-    """FlopAnalyzer's count of VT-FPN equals its written-out MACs: no product counts zero
-    (fused or in-place kernels FlopAnalyzer does not know would silently drop out)."""
+def test_vtfpn_counts_every_product(shape, fused):
+    """FlopAnalyzer's count of VT-FPN equals its written-out MACs on both attention paths:
+    no product counts zero (a fused kernel FlopAnalyzer does not know would silently drop
+    out)."""
     sizes = FEATURE_SIZES[shape]
     neck = VTFPN(R50_CHANNELS, 256, 4)
+    for m in neck.modules():
+        if hasattr(m, 'fused_attn'):
+            m.fused_attn = fused
     expected = vtfpn_macs_by_formula(sizes, R50_CHANNELS, 256, 8, 1024)
     measured = neck_flops(neck, sizes)
     # einsum counts are numpy path estimates: off by a few hundred MACs at most.
@@ -110,6 +117,16 @@ def test_neck_flops_match_the_paper(neck_type, shape):
             else VTFPN(R50_CHANNELS, 256, 4, norm_cfg=dict(type='BN', requires_grad=True)))
     measured = neck_flops(neck, FEATURE_SIZES[shape]) / 1e9
     assert abs(relative_diff(measured, paper)) <= 100 * NECK_TOL[neck_type], (measured, paper)
+
+
+def test_sdpa_is_counted_as_its_two_products():
+    class Attend(nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = torch.zeros(2, 3, 7, 4), torch.zeros(2, 3, 5, 4), torch.zeros(2, 3, 5, 6)
+    with torch.no_grad():
+        assert flop_analyzer(Attend(), (q, k, v)).total() == 2 * 3 * 7 * 5 * (4 + 6)
 
 
 def test_baddbmm_is_counted_as_a_matrix_product():
@@ -144,7 +161,7 @@ def test_get_flops_tool_on_a_config(capsys):
     assert 'input 1x3x65x97' in out
     for part in ('backbone', 'neck', 'decode_head', 'total'):
         assert f'\n{part} ' in out
-    assert 'Not counted by FlopAnalyzer: ' in out and 'aten::softmax' in out
+    assert 'Not counted by FlopAnalyzer: ' in out and 'aten::max_pool2d' in out
     # 7 classes: the classifier has 128 * 7 + 7 parameters.
     model, _, _ = build_model_from_config(
         CONFIGS / 'vtfpn_r50_lip.py', {'model.decode_head.num_classes': 7})

@@ -1,22 +1,24 @@
-"""Inference latency, throughput and peak memory of FPN vs VT-FPN, side by side.
+"""FPN vs VT-FPN, best against best: latency, peak memory, training step, side by side.
 
 Examples::
 
-    # Default (a few minutes on 2 cores): the neck alone and the whole R-50 model at
-    # 473x473, 512x512, 800x1216 and 1024x2048 (batch 1), plus batch-4 throughput at
-    # 512x512; table, JSON and plot in work_dirs/benchmark.
+    # Default (about 15-20 minutes on 2 cores, most of it compiling): the neck alone and
+    # the whole R-50 model at 473x473 and 800x1216 in every form (eager, channels_last,
+    # optimized, compile, optimized+compile), plus the R-50 training step at 473x473,
+    # batch 2; tables, JSON and plot in work_dirs/benchmark.
     python tools/benchmark.py
 
-    # The full table of docs/benchmarks.md: R-101 too.
-    python tools/benchmark.py --models neck,r50,r101
+    # Quick look: neck only, one size, no compiled forms, no training rows.
+    python tools/benchmark.py --models neck --sizes 800x1216 \
+        --forms eager,channels_last,optimized --train-sizes ""
 
-    # Quick look: neck only, one size, more repeats, 2 threads.
-    python tools/benchmark.py --models neck --sizes 800x1216 --repeats 11 --threads 2
+    # On a GPU: the same tables, with torch.cuda.max_memory_allocated.
+    python tools/benchmark.py --device cuda
 
     # On a machine shared with other processes: one thread, process CPU time.
     python tools/benchmark.py --threads 1 --clock cpu
 
-See vtseg/analysis/benchmark.py for what is measured and how, docs/benchmarks.md for
+See vtseg/analysis/benchmark/ for what is measured and how, docs/benchmarks.md for
 results.
 """
 from __future__ import annotations
@@ -29,8 +31,10 @@ from pathlib import Path
 import torch
 
 from vtseg.analysis.benchmark import (
+    FORMS,
     MODES,
     PAPER_SIZES,
+    TRAIN_FORMS,
     BenchmarkSettings,
     format_table,
     parse_size,
@@ -43,21 +47,35 @@ def _sizes(text: str):
     return [parse_size(s) for s in text.split(',') if s.strip()]
 
 
+def _names(text: str):
+    return [n.strip() for n in text.split(',') if n.strip()]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description='Benchmark FPN vs VT-FPN inference (latency, throughput, peak memory).')
+        description='Benchmark FPN vs VT-FPN, best against best (latency, peak memory, '
+                    'training step).')
     default_sizes = ','.join(f'{h}x{w}' for h, w in PAPER_SIZES)
     parser.add_argument('--sizes', default=default_sizes,
                         help=f'comma-separated HEIGHTxWIDTH input sizes (default {default_sizes})')
     parser.add_argument('--models', default='neck,r50',
                         help=f'comma-separated subset of {",".join(MODES)}: neck (the neck '
                              'alone), r50 / r101 (whole segmentors); default neck,r50')
-    parser.add_argument('--repeats', type=int, default=3, help='timed calls per neck')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed calls per neck first')
+    parser.add_argument('--forms', default=','.join(FORMS),
+                        help=f'comma-separated forms each model is timed in, among '
+                             f'{",".join(FORMS)} (default: all)')
+    parser.add_argument('--repeats', type=int, default=5, help='timed calls per form')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed calls per form first')
     parser.add_argument('--batch', type=int, default=4,
-                        help='batch size of the throughput rows (1 to skip them)')
-    parser.add_argument('--throughput-sizes', default='512x512',
-                        help='comma-separated sizes timed at --batch ("" to skip)')
+                        help='batch size of the throughput rows')
+    parser.add_argument('--throughput-sizes', default='',
+                        help='comma-separated sizes also timed at --batch (default none)')
+    parser.add_argument('--train-sizes', default='473x473',
+                        help='sizes of the R-50 training-step rows ("" to skip)')
+    parser.add_argument('--train-batch', type=int, default=2,
+                        help='batch of the training-step rows')
+    parser.add_argument('--train-forms', default='eager,channels_last',
+                        help=f'forms of the training step, among {",".join(TRAIN_FORMS)}')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads (default: torch\'s choice)')
@@ -99,9 +117,11 @@ def main(argv=None) -> int:
     try:
         settings = BenchmarkSettings(
             sizes=_sizes(args.sizes),
-            modes=[m.strip() for m in args.models.split(',') if m.strip()],
+            modes=_names(args.models), forms=_names(args.forms),
             warmup=args.warmup, repeats=args.repeats, batch=args.batch,
-            throughput_sizes=_sizes(args.throughput_sizes), device=args.device,
+            throughput_sizes=_sizes(args.throughput_sizes),
+            train_sizes=_sizes(args.train_sizes), train_batch=args.train_batch,
+            train_forms=_names(args.train_forms), device=args.device,
             threads=args.threads, dataset=args.dataset, config_dir=args.config_dir,
             memory=not args.no_memory, matmul_size=args.matmul_size, clock=args.clock)
         settings.check()

@@ -75,12 +75,17 @@ def disable_pretrained(model_cfg: Dict[str, Any], prefix: str = 'model') -> List
 
 def build_model_from_config(config: Union[str, Path, Config],
                             cfg_options: Optional[Dict[str, Any]] = None,
-                            *, device: str = 'cpu') -> Tuple[nn.Module, Config, List[str]]:
+                            *, part: Optional[str] = None,
+                            device: str = 'cpu') -> Tuple[nn.Module, Config, List[str]]:
     """Build ``cfg.model`` without pretrained weights, SyncBN reverted to BN, in eval mode.
+
+    The one place tools and tests build a model for analysis (FLOPs, benchmarks,
+    attention maps of untrained models).
 
     Args:
         config: config path or loaded config.
         cfg_options: overrides merged before building.
+        part: build only this part of the model, e.g. ``'neck'`` or ``'backbone'``.
         device: where to put the model.
 
     Returns:
@@ -90,6 +95,9 @@ def build_model_from_config(config: Union[str, Path, Config],
     cfg = load_config(config, cfg_options)
     switched_off = disable_pretrained(cfg.model)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(cfg.model)
-    model = revert_sync_batchnorm(model).to(device).eval()
+    if part is not None and not isinstance(cfg.model.get(part), dict):
+        raise KeyError(f'config {getattr(cfg, "filename", config)!r} has no model.{part}')
+    model = MODELS.build(cfg.model if part is None else cfg.model[part])
+    model = revert_sync_batchnorm(model).to(device)
+    model.eval()  # (mmseg's ResNet.train returns None: no chaining)
     return model, cfg, switched_off

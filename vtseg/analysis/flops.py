@@ -14,7 +14,8 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import get_shape
 from torch import nn
 
-__all__ = ['Complexity', 'model_complexity', 'format_complexity', 'PARTS', 'EXTRA_OP_HANDLES']
+__all__ = ['Complexity', 'model_complexity', 'format_complexity', 'flop_analyzer', 'PARTS',
+           'EXTRA_OP_HANDLES']
 
 #: Submodules of an mmseg ``EncoderDecoder`` reported separately.
 PARTS = ('backbone', 'neck', 'decode_head')
@@ -49,11 +50,38 @@ def _baddbmm_flops(inputs: list, outputs: list) -> int:
     return b * n * m * p
 
 
+def _sdpa_flops(inputs: list, outputs: list) -> int:
+    """MACs of ``scaled_dot_product_attention(q, k, v)``: ``q k^T`` and ``weights v``.
+
+    q (..., N_q, d), k (..., N_k, d), v (..., N_k, d_v) -> (..., N_q, d_v): the same two
+    products the explicit path runs as ``matmul`` (the softmax is not counted on either
+    path), so a model counts the same MACs on both paths.
+    """
+    d, n_k, d_v = get_shape(inputs[0])[-1], get_shape(inputs[1])[-2], get_shape(inputs[2])[-1]
+    out = get_shape(outputs[0])
+    rows = 1
+    for s in out[:-1]:  # batch dims x N_q
+        rows *= s
+    return rows * n_k * (d + d_v)
+
+
 #: Operators FlopAnalyzer has no handle for but that are matrix products.
 EXTRA_OP_HANDLES = {
     'aten::baddbmm': _baddbmm_flops,
     'aten::baddbmm_': _baddbmm_flops,
+    'aten::scaled_dot_product_attention': _sdpa_flops,
 }
+
+
+def flop_analyzer(model: nn.Module, inputs) -> FlopAnalyzer:
+    """A :class:`FlopAnalyzer` for ``model(*inputs)`` as vtseg counts: with the handles of
+    :data:`EXTRA_OP_HANDLES` and without per-operator warnings (the skipped operators are
+    available from ``unsupported_ops()``)."""
+    analyzer = FlopAnalyzer(model, inputs)
+    analyzer.set_op_handle(**EXTRA_OP_HANDLES)
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    return analyzer
 
 
 def _count_params(module: nn.Module) -> int:
@@ -82,10 +110,7 @@ def model_complexity(model: nn.Module, input_shape: Sequence[int],
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        analyzer = FlopAnalyzer(model, inputs)
-        analyzer.set_op_handle(**EXTRA_OP_HANDLES)
-        analyzer.unsupported_ops_warnings(False)
-        analyzer.uncalled_modules_warnings(False)
+        analyzer = flop_analyzer(model, inputs)
         by_module = analyzer.by_module()
         unsupported = dict(analyzer.unsupported_ops())
     finally:

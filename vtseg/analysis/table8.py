@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.analysis import FlopAnalyzer
 from mmseg.models.backbones import ResNet
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.backbones import VTResNetClassifier
-from .flops import EXTRA_OP_HANDLES
+from .flops import flop_analyzer
 
 __all__ = ['PAPER_TABLE8', 'NOTES', 'ResNetClassifier', 'Table8Row', 'build_classifier',
            'count_macs', 'count_params', 'table8_rows', 'format_table8', 'main']
@@ -86,10 +85,7 @@ def count_macs(model: nn.Module, input_size: Tuple[int, int] = (224, 224)) -> in
     was_training = model.training
     model.eval()
     try:
-        analyzer = FlopAnalyzer(model, torch.zeros(1, 3, *input_size))
-        analyzer.set_op_handle(**EXTRA_OP_HANDLES)  # as vtseg.analysis.flops counts
-        analyzer.unsupported_ops_warnings(False)
-        analyzer.uncalled_modules_warnings(False)
+        analyzer = flop_analyzer(model, torch.zeros(1, 3, *input_size))
         by_op = analyzer.by_operator()
     finally:
         model.train(was_training)

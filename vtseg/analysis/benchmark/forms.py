@@ -1,0 +1,86 @@
+"""The forms a user can run a model in, each prepared the same way for FPN and VT-FPN.
+
+* ``eager``: the model as built, NCHW inputs.
+* ``channels_last``: parameters and inputs in channels_last memory format.
+* ``optimized``: :func:`vtseg.deploy.optimize_for_inference` (conv-BN folding +
+  channels_last), channels_last inputs.
+* ``compile``: :func:`torch.compile` of the model as built, NCHW inputs.
+* ``optimized+compile``: the optimisation step, then :func:`torch.compile`.
+
+A form turns a built model and its example inputs into a callable that runs one
+inference (``torch.no_grad``), or one training step for the :data:`TRAIN_FORMS`. The
+first call of a compiled form compiles it: :func:`make_runner` makes that call itself, so
+timing never includes compilation.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ...deploy import optimize_for_inference
+
+__all__ = ['FORMS', 'TRAIN_FORMS', 'Form', 'make_runner', 'to_channels_last']
+
+Inputs = Union[Tensor, Sequence[Tensor]]
+
+
+def to_channels_last(inputs: Inputs) -> Inputs:
+    """Input tensor(s) in channels_last memory format."""
+    if isinstance(inputs, Tensor):
+        return inputs.contiguous(memory_format=torch.channels_last)
+    return [to_channels_last(t) for t in inputs]
+
+
+@dataclass(frozen=True)
+class Form:
+    """How to prepare a model and its inputs."""
+
+    name: str
+    prepare: Callable[[nn.Module], nn.Module]
+    channels_last: bool
+    compiled: bool
+
+
+def _copy_channels_last(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+
+FORMS: Dict[str, Form] = {f.name: f for f in [
+    Form('eager', lambda m: m, channels_last=False, compiled=False),
+    Form('channels_last', _copy_channels_last, channels_last=True, compiled=False),
+    Form('optimized', optimize_for_inference, channels_last=True, compiled=False),
+    Form('compile', lambda m: torch.compile(copy.deepcopy(m)), channels_last=False,
+         compiled=True),
+    Form('optimized+compile', lambda m: optimize_for_inference(m, compile=True),
+         channels_last=True, compiled=True),
+]}
+
+#: Forms of the training step (the optimisation step is inference-only).
+TRAIN_FORMS: Dict[str, Form] = {f.name: f for f in [
+    Form('eager', lambda m: m, channels_last=False, compiled=False),
+    Form('channels_last', _copy_channels_last, channels_last=True, compiled=False),
+    Form('compile', lambda m: torch.compile(copy.deepcopy(m)), channels_last=False,
+         compiled=True),
+]}
+
+
+def make_runner(form: Form, model: nn.Module, inputs: Inputs, *, is_neck: bool,
+                log: Callable[[str], None] = print, label: str = '') -> Callable[[], object]:
+    """A callable running one inference of ``model`` in ``form`` (compiled already)."""
+    prepared = form.prepare(model).eval()
+    inputs = to_channels_last(inputs) if form.channels_last else inputs
+
+    def run():
+        with torch.no_grad():
+            return prepared(inputs) if is_neck else prepared(inputs, mode='tensor')
+
+    if form.compiled:
+        start = time.perf_counter()
+        run()
+        log(f'  {label}{form.name}: compiled in {time.perf_counter() - start:.1f} s')
+    return run

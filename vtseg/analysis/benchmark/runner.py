@@ -1,0 +1,187 @@
+"""Run the benchmark: every configuration for both necks, in every form, side by side.
+
+Every configuration (neck alone, or the whole R-50 / R-101 segmentor, at one input size)
+is timed for both necks and all their forms in the same process, with the repeats
+interleaved (each round runs every (neck, form) once, the order reversed every other
+round) so that load from other processes hits all of them alike: on a shared machine the
+absolute times are noisy, the ratios are what the benchmark is for.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ..config_model import build_model_from_config
+from ..flops import flop_analyzer
+from .forms import FORMS, TRAIN_FORMS, make_runner
+from .memory import peak_memory, release_freed_memory
+from .models import NeckOnImage, backbone_shapes, config_path
+from .report import load_average, machine_info
+from .settings import MODES, NECKS, BenchmarkSettings, default_dataset
+from .timing import interleaved_times, matmul_rate
+from .train_step import make_train_step
+
+__all__ = ['Measurement', 'run_benchmark']
+
+
+@dataclass
+class Measurement:
+    """One neck in one form and one configuration."""
+
+    kind: str                    # 'inference' or 'train'
+    mode: str                    # 'neck', 'r50' or 'r101'
+    neck: str                    # 'FPN' or 'VT-FPN'
+    form: str                    # a key of FORMS (inference) or TRAIN_FORMS (train)
+    size: Tuple[int, int]
+    batch: int
+    config: str
+    times_s: List[float]
+    macs: Optional[int] = None   # per image, forward
+    lateral_macs: Optional[int] = None  # per image, the neck's lateral 1x1 convs
+    peak_memory_bytes: Optional[int] = None    # tensors (allocator peak)
+    peak_rss_bytes: Optional[int] = None       # CPU resident set size
+    stats: Dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        t = sorted(self.times_s)
+        q = statistics.quantiles(t, n=4, method='inclusive') if len(t) > 1 else [t[0]] * 3
+        self.stats = dict(median=statistics.median(t), q1=q[0], q3=q[2], min=t[0], max=t[-1])
+
+
+def run_benchmark(settings: BenchmarkSettings,
+                  log: Callable[[str], None] = print) -> Dict[str, object]:
+    """Measure every (mode, size) of ``settings`` for both necks in every form, then the
+    training steps; returns a results dict.
+
+    The dict holds ``machine`` (see :func:`~.report.machine_info`), ``settings``,
+    ``matmul_gmacs`` (fp32 GMAC/s before and after the run), ``load_average`` and
+    ``measurements`` (list of :class:`Measurement` as dicts).
+    """
+    settings.check()
+    # Resolve every config first, so that a missing one fails before minutes of timing.
+    jobs = [(s, 1) for s in settings.sizes]
+    jobs += [(s, settings.batch) for s in settings.throughput_sizes if settings.batch > 1]
+    plan = []
+    for mode in settings.modes:
+        for size, batch in jobs:
+            plan.append(('inference', mode, tuple(size), batch,
+                         _paths(settings, MODES[mode], size)))
+    for size in settings.train_sizes:
+        plan.append(('train', 'r50', tuple(size), settings.train_batch,
+                     _paths(settings, 50, size)))
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = settings.device
+    torch.manual_seed(0)
+    load_before = load_average()
+    peak_before = matmul_rate(device, settings.matmul_size, clock=settings.clock)
+    log(f'fp32 matmul {settings.matmul_size}^3: {peak_before:.1f} GMAC/s')
+    rows: List[Measurement] = []
+    for kind, mode, size, batch, paths in plan:
+        measure = _measure_inference if kind == 'inference' else _measure_training
+        rows += measure(mode, size, batch, paths, settings, log)
+    peak_after = matmul_rate(device, settings.matmul_size, clock=settings.clock)
+    log(f'fp32 matmul {settings.matmul_size}^3 after the run: {peak_after:.1f} GMAC/s')
+    return dict(machine=machine_info(device), settings=_jsonable(asdict(settings)),
+                matmul_gmacs=dict(before=peak_before, after=peak_after,
+                                  peak=max(peak_before, peak_after)),
+                load_average=dict(before=load_before, after=load_average()),
+                measurements=[_jsonable(asdict(r)) for r in rows])
+
+
+def _paths(settings: BenchmarkSettings, depth: int, size) -> Dict[str, Path]:
+    dataset = settings.dataset or default_dataset(tuple(size))
+    return {n: config_path(settings.config_dir, n, depth, dataset) for n in NECKS}
+
+
+def _costs(model: torch.nn.Module, size: Tuple[int, int], is_neck: bool,
+           shapes) -> Tuple[int, Optional[int]]:
+    """(MACs, MACs of the lateral 1x1 convolutions) of one image, on the model as built."""
+    probe = NeckOnImage(model, shapes) if is_neck else model
+    device = next(model.parameters()).device
+    by_module = flop_analyzer(probe.eval(), torch.zeros(1, 3, *size, device=device)).by_module()
+    lateral = sum(v for k, v in by_module.items()
+                  if k.startswith('neck.lateral_convs.') and k.endswith('.conv'))
+    return int(by_module['neck' if is_neck else '']), int(lateral)
+
+
+def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict[str, Path],
+                       settings: BenchmarkSettings,
+                       log: Callable[[str], None]) -> List[Measurement]:
+    device, is_neck = settings.device, mode == 'neck'
+    log(f'[{mode} {size[0]}x{size[1]} batch {batch}] building '
+        + ', '.join(str(p) for p in paths.values()))
+    shapes = backbone_shapes(paths['FPN'], size) if is_neck else None
+    models = {n: build_model_from_config(p, part='neck' if is_neck else None,
+                                         device=device)[0] for n, p in paths.items()}
+    if is_neck:
+        inputs = [torch.randn(batch, *s, device=device) for s in shapes]
+    else:
+        inputs = torch.randn(batch, 3, *size, device=device)
+    costs = {n: _costs(m, size, is_neck, shapes) for n, m in models.items()}
+    fns = {}
+    for name, model in models.items():
+        for form in settings.forms:
+            fns[name, form] = make_runner(FORMS[form], model, inputs, is_neck=is_neck,
+                                          log=log, label=f'{name} ')
+    times = interleaved_times(fns, warmup=settings.warmup, repeats=settings.repeats,
+                              device=device, clock=settings.clock)
+    out = []
+    for (name, form), fn in fns.items():
+        mem = peak_memory(fn, device) if settings.memory else {}
+        row = Measurement('inference', mode, name, form, tuple(size), batch,
+                          str(paths[name]), times[name, form], costs[name][0],
+                          costs[name][1], mem.get('tensors'), mem.get('rss'))
+        out.append(row)
+        _log_row(log, row, mem)
+    del models, inputs, fns
+    release_freed_memory()
+    return out
+
+
+def _measure_training(mode: str, size: Tuple[int, int], batch: int, paths: Dict[str, Path],
+                      settings: BenchmarkSettings,
+                      log: Callable[[str], None]) -> List[Measurement]:
+    device = settings.device
+    log(f'[train {mode} {size[0]}x{size[1]} batch {batch}] building '
+        + ', '.join(str(p) for p in paths.values()))
+    fns, macs = {}, {}
+    for name, path in paths.items():
+        model = build_model_from_config(path, device=device)[0]
+        macs[name] = _costs(model, size, False, None)
+        for form in settings.train_forms:
+            start = time.perf_counter()
+            fns[name, form] = make_train_step(TRAIN_FORMS[form], model, size, batch,
+                                              device=device)
+            if TRAIN_FORMS[form].compiled:
+                log(f'  {name} {form}: compiled in {time.perf_counter() - start:.1f} s')
+    times = interleaved_times(fns, warmup=settings.warmup, repeats=settings.repeats,
+                              device=device, clock=settings.clock)
+    out = []
+    for name, form in fns:
+        row = Measurement('train', mode, name, form, tuple(size), batch, str(paths[name]),
+                          times[name, form], macs[name][0], macs[name][1])
+        out.append(row)
+        _log_row(log, row, {})
+    del fns
+    release_freed_memory()
+    return out
+
+
+def _log_row(log: Callable[[str], None], row: Measurement, mem: Dict) -> None:
+    log(f'  {row.neck:<7} {row.form:<18} median {row.stats["median"] * 1e3:9.1f} ms  '
+        f'[{row.stats["q1"] * 1e3:.1f}, {row.stats["q3"] * 1e3:.1f}]'
+        + ''.join(f'  {k} {v / 2 ** 20:.1f} MiB' for k, v in mem.items() if v is not None))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

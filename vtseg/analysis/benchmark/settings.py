@@ -1,0 +1,87 @@
+"""What the benchmark measures: models, sizes, forms, clocks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from .forms import FORMS, TRAIN_FORMS
+from .timing import CLOCKS
+
+__all__ = ['NECKS', 'MODES', 'PAPER_SIZES', 'BenchmarkSettings', 'parse_size',
+           'default_dataset']
+
+#: Necks compared, by the prefix of their config files.
+NECKS = {'FPN': 'fpn', 'VT-FPN': 'vtfpn'}
+#: What is timed: the neck alone, or the whole segmentor on a ResNet of that depth.
+MODES = {'neck': 50, 'r50': 50, 'r101': 101}
+#: Input sizes of the paper: LIP 473x473 and COCO-Stuff 800x1216.
+PAPER_SIZES = ((473, 473), (800, 1216))
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """``'800x1216'`` -> ``(800, 1216)`` (height x width)."""
+    parts = text.lower().split('x')
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f'size {text!r} is not HEIGHTxWIDTH with positive integers, '
+                         'e.g. 800x1216')
+    return int(parts[0]), int(parts[1])
+
+
+def default_dataset(size: Tuple[int, int]) -> str:
+    """The config family of a size: LIP at its 473x473, COCO-Stuff 164k otherwise."""
+    return 'lip' if tuple(size) == (473, 473) else 'coco-stuff164k'
+
+
+@dataclass
+class BenchmarkSettings:
+    """What to measure. Sizes are (H, W); modes are keys of :data:`MODES`; forms are keys
+    of :data:`~vtseg.analysis.benchmark.forms.FORMS`."""
+
+    sizes: Sequence[Tuple[int, int]] = PAPER_SIZES
+    modes: Sequence[str] = ('neck', 'r50')  # add 'r101' for the R-101 rows
+    forms: Sequence[str] = tuple(FORMS)
+    warmup: int = 1
+    repeats: int = 3
+    batch: int = 4                      # batch of the throughput rows
+    throughput_sizes: Sequence[Tuple[int, int]] = ()
+    train_sizes: Sequence[Tuple[int, int]] = ((473, 473),)  # R-50 training step rows
+    train_batch: int = 2
+    train_forms: Sequence[str] = tuple(TRAIN_FORMS)
+    device: str = 'cpu'
+    threads: Optional[int] = None       # torch.set_num_threads; None keeps torch's default
+    dataset: Optional[str] = None       # None: default_dataset(size)
+    config_dir: str = 'configs'
+    memory: bool = True
+    matmul_size: int = 2048
+    clock: str = 'wall'                 # 'wall' or 'cpu' (process CPU time, 1 thread)
+
+    def check(self) -> None:
+        for name, low in [('warmup', 0), ('repeats', 1), ('batch', 1), ('train_batch', 1),
+                          ('matmul_size', 1)]:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f'{name} must be an integer >= {low}, got {value!r}')
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f'threads must be a positive integer, got {self.threads!r}')
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not (self.modes or self.train_sizes):
+            raise ValueError(f'modes {list(self.modes)!r}: choose among {list(MODES)}')
+        for name, known in [('forms', FORMS), ('train_forms', TRAIN_FORMS)]:
+            chosen = list(getattr(self, name))
+            bad = [f for f in chosen if f not in known]
+            if bad or (not chosen and (self.modes if name == 'forms' else self.train_sizes)):
+                raise ValueError(f'{name} {chosen!r}: choose among {list(known)}')
+        if not self.sizes and self.modes:
+            raise ValueError('sizes is empty: give at least one HEIGHTxWIDTH size')
+        if self.clock not in CLOCKS:
+            raise ValueError(f'clock must be one of {list(CLOCKS)}, got {self.clock!r}')
+        if self.clock == 'cpu' and (self.device != 'cpu' or self.threads != 1):
+            raise ValueError("clock='cpu' (process CPU time) measures single-threaded CPU "
+                             'runs only: use --device cpu --threads 1, or --clock wall')
+        if self.device.startswith('cuda') and not torch.cuda.is_available():
+            raise ValueError(f'device {self.device!r} requested but CUDA is not available; '
+                             'use --device cpu')
+        if not self.device.startswith('cuda') and self.device != 'cpu':
+            raise ValueError(f'device {self.device!r}: use cpu or cuda[:N]')
