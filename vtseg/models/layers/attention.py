@@ -76,6 +76,10 @@ def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
             m.fused_attn = fused
 
 
+#: Fewer queries than this per (batch, head) do not fill one query block of SDPA's kernels.
+FEW_QUERIES = 32
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
               softmax: Optional[nn.Module] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """``softmax(q k^T * scale) v`` on the fused or the explicit path.
@@ -85,9 +89,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
         k: keys.
         v: values.
         scale: logit scale (1 for the tokenizers, ``d ** -0.5`` elsewhere).
-        fused: use :func:`~torch.nn.functional.scaled_dot_product_attention`.
+        fused: use the fused path (see below).
         softmax: the block's ``attn_softmax`` module (softmax over the last dimension);
             the explicit path runs the weights through it so hooks can read them.
+
+    The fused path runs :func:`~torch.nn.functional.scaled_dot_product_attention`, whose
+    CPU and CUDA kernels split the work over batch x heads x blocks of queries. Attention
+    of a handful of queries over a long key sequence (a tokenizer's L tokens over the
+    pixels) would fill one block on one core, so below :data:`FEW_QUERIES` queries over
+    more keys than queries the fused path runs the two products as GEMMs over the long
+    key axis instead (``k q^T``, then ``A v``), without materialising anything larger.
 
     Returns:
         ``(out, weights)``: ``weights`` are the (..., N_q, N_k) attention weights on the
@@ -97,13 +108,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
         - q: (B..., N_q, d), k: (B..., N_k, d), v: (B..., N_k, d_v)
         - out: (B..., N_q, d_v)
     """
-    if fused:
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if fused and not (n_q < FEW_QUERIES and n_k > n_q):
         return F.scaled_dot_product_attention(q, k, v, scale=scale), None
-    logits = torch.matmul(q, k.transpose(-2, -1))  # q k^T: (B..., N_q, N_k)
+    if fused:  # few queries: logits as (N_k, N_q) with the long key axis contiguous
+        logits = torch.matmul(k, q.transpose(-2, -1)).transpose(-2, -1)  # (B..., N_q, N_k)
+    else:
+        logits = torch.matmul(q, k.transpose(-2, -1))  # q k^T: (B..., N_q, N_k)
     if scale != 1:
         logits = logits * scale
     # Low-precision logits are normalised in float32: over tens of thousands of pixels fp16
     # and bf16 would overflow or round the small weights to zero.
     logits = at_least_float32(logits)
-    weights = (softmax(logits) if softmax is not None else logits.softmax(-1)).to(v.dtype)
-    return torch.matmul(weights, v), weights
+    if fused or softmax is None:
+        weights = logits.softmax(-1).to(v.dtype)
+    else:
+        weights = softmax(logits).to(v.dtype)
+    return torch.matmul(weights, v), (None if fused else weights)  # A v
