@@ -189,7 +189,7 @@ def test_amp_trains_under_bfloat16_autocast(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end_then_reuses_checkpoints(tmp_path, monkeypatch):
-    from vtseg.engine import demo
+    from vtseg.demo import fpn_vs_vtfpn as demo
 
     data, work = tmp_path / 'data', tmp_path / 'work'
     out = run_tool('tools/demo.py', '--iters', 2, '--num-train', 8, '--num-val', 2,
