@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import as_cli, tiny_options
 
 from vtseg.datasets.demo import generate_demo_data
 from vtseg.datasets.vtdemo_scenes import CLASSES
@@ -20,34 +21,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', OMP_WAIT_POLICY='PASSIVE',
 
 needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
                                     reason='tests the CPU code path')
-
-
-def tiny_options(data_root, iters=4, ckpt_interval=2):
-    """--cfg-options for a 48x48, width-8 VT-FPN that trains in a second per iteration."""
-    opts = {
-        'model.backbone.stem_channels': 8, 'model.backbone.base_channels': 8,
-        'model.neck.in_channels': [8, 16, 32, 64], 'model.neck.out_channels': 8,
-        'model.neck.token_channels': 16, 'model.neck.num_heads': 2,
-        'model.decode_head.in_channels': [8, 8, 8, 8], 'model.decode_head.channels': 8,
-        'model.data_preprocessor.size': [48, 48],
-        'train_dataloader.batch_size': 2,
-        'train_cfg.max_iters': iters, 'train_cfg.val_interval': iters,
-        'default_hooks.checkpoint.interval': ckpt_interval,
-        'default_hooks.logger.interval': 1,
-        'param_scheduler.0.end': 1, 'param_scheduler.1.begin': 1,
-        'param_scheduler.1.end': iters,
-    }
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts[f'{loader}.dataset.data_root'] = str(data_root)
-        opts[f'{loader}.num_workers'] = 0
-        opts[f'{loader}.persistent_workers'] = False
-    return opts
-
-
-def as_cli(opts):
-    return ['--cfg-options'] + [
-        f"{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f'{k}={v}'
-        for k, v in opts.items()]
 
 
 def run_tool(*args, expect_rc=0, timeout=300):
