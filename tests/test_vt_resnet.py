@@ -253,7 +253,7 @@ def test_mmseg_checkpoint_prefix_mismatch_and_strict(tmp_path):
     assert 'layer2.3.conv1.weight' in report.missing
     assert not any(k.startswith('vt_') for k in report.missing)
     with pytest.raises(CheckpointMismatchError, match='(?s)missing from the checkpoint.*'
-                       'layer2.3.conv1.weight'):
+                       'layer1.2.conv1.weight'):
         load_resnet_weights(model34, state, strict=True)
     # Same names, other shapes: R50 stem loads, layer weights are reported as mismatched.
     report = load_resnet_weights(VTResNet(50), state)

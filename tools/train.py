@@ -16,7 +16,7 @@ from mmengine.config import DictAction
 import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
 from vtseg.checkpoint import CheckpointError, CheckpointMismatchError
 from vtseg.datasets import check_data_cfg
-from vtseg.engine import build_runner, check_model_forward, prepare_train_cfg
+from vtseg.engine import ModelConfigError, build_runner, prepare_train_cfg
 from vtseg.engine.dist import LAUNCHERS, finish_distributed
 
 
@@ -57,14 +57,12 @@ def main() -> int:
         check_data_cfg(cfg)  # dataset folders exist and hold matching images and labels
         # The checkpoint hooks the config declares check their arguments here.
         runner = build_runner(cfg)
-        # one forward pass: backbone, neck and head fit together
-        check_model_forward(runner.model, cfg.get('crop_size'))
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    try:
+    try:  # what the config's hooks refuse before the first iteration, as one line
         runner.train()
-    except (CheckpointError, CheckpointMismatchError) as err:  # load_from / --resume
+    except (CheckpointError, CheckpointMismatchError, ModelConfigError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     finish_distributed()  # gloo runs: let every rank finish, then leave

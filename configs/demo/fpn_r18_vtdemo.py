@@ -127,6 +127,8 @@ default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=max_iters,
                     max_keep_ckpts=2),
     checkpoint_report=dict(type='CheckpointReportHook'),
+    # One forward pass before the first iteration: parts that do not fit are named.
+    model_check=dict(type='ModelCheckHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)

@@ -23,6 +23,7 @@ def test_every_shipped_config_declares_the_checkpoint_hooks():
         hooks = cfg.default_hooks
         assert hooks.checkpoint.type == 'SafeCheckpointHook', path
         assert hooks.checkpoint_report.type == 'CheckpointReportHook', path
+        assert hooks.model_check.type == 'ModelCheckHook', path
 
 
 def _runner(data, **options):

@@ -3,13 +3,14 @@ precision on the CPU, config preparation as mmseg's tools do it, the pre-flight 
 
 Importing it registers :class:`CPUDistributedDataParallel` (mmengine ``MODEL_WRAPPERS``),
 :class:`BF16OptimWrapper` (mmengine ``OPTIM_WRAPPERS``) and :class:`ClassIoUMetric`
-(mmseg ``METRICS``). The checkpoint hooks live in :mod:`vtseg.checkpoint`.
+(mmseg ``METRICS``) and :class:`ModelCheckHook` (mmseg ``HOOKS``). The checkpoint hooks
+live in :mod:`vtseg.checkpoint`.
 """
 from .dist import init_cpu_dist, setup_distributed
 from .metrics import ClassIoUMetric
 from .model_wrapper import CPUDistributedDataParallel
 from .optim_wrapper import BF16OptimWrapper
-from .preflight import ModelConfigError, check_model_forward
+from .preflight import ModelCheckHook, ModelConfigError, check_model_forward
 from .runner import (
                      build_runner,
                      enable_amp,
@@ -22,4 +23,4 @@ from .runner import (
 __all__ = ['BF16OptimWrapper', 'CPUDistributedDataParallel', 'ClassIoUMetric',
            'build_runner', 'enable_amp', 'init_cpu_dist', 'load_config', 'prepare_test_cfg',
            'prepare_train_cfg', 'read_test_metrics', 'setup_distributed',
-           'ModelConfigError', 'check_model_forward']
+           'ModelCheckHook', 'ModelConfigError', 'check_model_forward']

@@ -30,5 +30,7 @@ default_hooks = dict(
     # saves, --resume past broken checkpoints, loads that do not fit the model refused.
     checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=4000),
     checkpoint_report=dict(type='CheckpointReportHook'),
+    # One forward pass before the first iteration: parts that do not fit are named.
+    model_check=dict(type='ModelCheckHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
