@@ -23,9 +23,9 @@ from vtseg.analysis.table8 import (
     format_table8,
     table8_rows,
 )
+from vtseg.checkpoint import CheckpointMismatchError, load_checkpoint, load_resnet_weights
 from vtseg.models import VTResNet, VTResNetClassifier
 from vtseg.models.layers import FilterTokenizer, RecurrentTokenizer, VTModule
-from vtseg.checkpoint import CheckpointMismatchError, load_checkpoint, load_resnet_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ['configs/fpn_vt-r50_lip.py', 'configs/fpn_vt-r50_coco-stuff164k.py']

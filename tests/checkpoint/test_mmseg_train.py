@@ -24,8 +24,8 @@ ITERS, INTERVAL = 8, 2
 
 def _train(work_dir, data, *extra, iters=ITERS, options=(), expect_rc=0, env=None,
            config=VTFPN) -> str:
-    return run(mmseg_tool('train.py'), config, '--work-dir', work_dir, *extra,
-               *as_cli({**tiny_options(data, iters=iters, ckpt_interval=INTERVAL), **dict(options)}),
+    opts = {**tiny_options(data, iters=iters, ckpt_interval=INTERVAL), **dict(options)}
+    return run(mmseg_tool('train.py'), config, '--work-dir', work_dir, *extra, *as_cli(opts),
                expect_rc=expect_rc, env=env)
 
 

@@ -65,19 +65,23 @@ def check_weights(model: nn.Module, checkpoint: Dict[str, Any], source: str, *,
 
 
 def _set_dataset_meta(model: nn.Module, checkpoint: Dict[str, Any]) -> None:
-    """Class names and palette from the checkpoint's meta, as mmseg's init_model does."""
-    from mmseg.utils import get_classes, get_palette
+    """Class names and palette from the checkpoint's meta, as mmseg's init_model sets them
+    (without them: the first mmseg dataset with the model's number of classes)."""
+    from mmseg.utils import dataset_aliases, get_classes, get_palette
 
-    meta = checkpoint.get('meta', {}) if isinstance(checkpoint.get('meta'), dict) else {}
+    meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
     if 'dataset_meta' in meta:
         model.dataset_meta = meta['dataset_meta']
-    elif 'CLASSES' in meta:
+        return
+    if 'CLASSES' in meta:
         model.dataset_meta = {'classes': meta['CLASSES'], 'palette': meta['PALETTE']}
-    else:
-        warnings.warn("dataset_meta or class names are not saved in the checkpoint's meta "
-                      'data, use Cityscapes classes by default.')
-        model.dataset_meta = {'classes': get_classes('cityscapes'),
-                              'palette': get_palette('cityscapes')}
+        return
+    num_classes = getattr(getattr(model, 'decode_head', None), 'num_classes', None)
+    name = next((n for n in dataset_aliases if len(get_classes(n)) == num_classes),
+                'cityscapes')
+    warnings.warn(f"no class names in the checkpoint's meta data: using those of {name}",
+                  stacklevel=3)
+    model.dataset_meta = {'classes': get_classes(name), 'palette': get_palette(name)}
 
 
 def load_weights(model: nn.Module, filename: str, *, allow_missing: bool = False,
