@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import as_cli, tiny_options
+from conftest import as_cli, run, tiny_options
 
 from vtseg.datasets.demo import generate_demo_data
 from vtseg.datasets.vtdemo_scenes import CLASSES
@@ -24,11 +24,7 @@ needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
 
 
 def run_tool(*args, expect_rc=0, timeout=300):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == expect_rc, out[-4000:]
-    return out
+    return run(*args, expect_rc=expect_rc, timeout=timeout, env=ENV)
 
 
 @pytest.fixture(scope='module')
