@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import vtseg  # noqa: F401  (applies the patch)
-from vtseg.utils import safe_checkpoint_globals
+from vtseg.checkpoint import safe_checkpoint_globals
 
 
 class ToyModel(BaseModel):

@@ -101,7 +101,7 @@ def data_root(tmp_path_factory):
 
 
 def _tiny_cli(data_root):
-    from test_tools import as_cli, tiny_options
+    from conftest import as_cli, tiny_options
     return as_cli(tiny_options(data_root, iters=4, ckpt_interval=4))
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_options
 from mmseg.apis import MMSegInferencer, inference_model, init_model
 
 from vtseg.datasets.demo import generate_demo_data
@@ -14,8 +15,6 @@ VTFPN = 'configs/demo/vtfpn_r18_vtdemo.py'
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """A checkpoint written by the training loop (2 iterations of a tiny VT-FPN)."""
-    from test_tools import tiny_options
-
     root = tmp_path_factory.mktemp('infer')
     generate_demo_data(root / 'data', num_train=4, num_val=2, seed=0, size=48, verbose=False)
     options = tiny_options(root / 'data', iters=2, ckpt_interval=2)

@@ -21,23 +21,20 @@ from mmseg.registry import MODELS
 from torch.utils.data import DataLoader
 
 import vtseg  # noqa: F401  (registers VTFPN; checkpoints load weights-only)
+from vtseg.checkpoint import (
+    AtomicLocalBackend,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointReportHook,
+    check_checkpoint_file,
+    compare_state_dicts,
+    find_resumable_checkpoint,
+    register_checked_loader,
+)
 from vtseg.datasets import loading
 from vtseg.datasets.checks import DatasetNotFoundError, check_data_cfg
 from vtseg.datasets.loading import BadSampleError, SkippedSamplesHook, skipped_samples
-from vtseg.engine.load_report import (
-    CheckpointMismatchError,
-    CheckpointReportHook,
-    compare_state_dicts,
-)
 from vtseg.engine.preflight import ModelConfigError, check_model_forward
-from vtseg.engine.safe_checkpoint import (
-    AtomicLocalBackend,
-    CheckpointError,
-    check_checkpoint_file,
-    find_resumable_checkpoint,
-    register_checked_loader,
-    setup_safe_checkpointing,
-)
 
 init_default_scope('mmseg')
 
@@ -106,7 +103,8 @@ def train_cfg(data_root: str, work_dir: str, *, max_iters: int, interval: int = 
             timer=dict(type='IterTimerHook'),
             logger=dict(type='LoggerHook', interval=1),
             param_scheduler=dict(type='ParamSchedulerHook'),
-            checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=interval)),
+            checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=interval),
+            checkpoint_report=dict(type='CheckpointReportHook')),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo')),
         randomness=dict(seed=0), log_level='WARNING', resume=False, load_from=None)
     cfg.update(extra)
@@ -395,8 +393,6 @@ def test_safe_hook_keeps_previous_checkpoint_until_new_one_is_saved(tmp_path, mo
     work = str(tmp_path / 'work')
     cfg = train_cfg(data, work, max_iters=4)
     cfg.default_hooks.checkpoint.max_keep_ckpts = 1
-    setup_safe_checkpointing(cfg)
-    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
     runner = Runner.from_cfg(cfg)
     real_put = AtomicLocalBackend.put
 
@@ -418,13 +414,12 @@ def test_safe_hook_keeps_previous_checkpoint_until_new_one_is_saved(tmp_path, mo
 def test_resume_from_truncated_latest_checkpoint_matches_uninterrupted_run(tmp_path):
     data = make_lip(str(tmp_path / 'LIP'))
     full, cut = str(tmp_path / 'full'), str(tmp_path / 'cut')
-    Runner.from_cfg(setup_safe_checkpointing(train_cfg(data, full, max_iters=6))).train()
-    Runner.from_cfg(setup_safe_checkpointing(train_cfg(data, cut, max_iters=4))).train()
+    Runner.from_cfg(train_cfg(data, full, max_iters=6)).train()
+    Runner.from_cfg(train_cfg(data, cut, max_iters=4)).train()
     _truncate(osp.join(cut, 'iter_4.pth'))  # a save interrupted by a non-atomic writer
-    cfg = setup_safe_checkpointing(train_cfg(data, cut, max_iters=6, resume=True))
-    assert cfg.load_from == osp.join(cut, 'iter_2.pth')
-    runner = Runner.from_cfg(cfg)
+    runner = Runner.from_cfg(train_cfg(data, cut, max_iters=6, resume=True))
     runner.train()
+    assert runner._load_from == osp.join(cut, 'iter_2.pth')  # chosen by SafeCheckpointHook
     assert runner.iter == 6
     a, b = weights(osp.join(full, 'iter_6.pth')), weights(osp.join(cut, 'iter_6.pth'))
     assert a.keys() == b.keys()
@@ -482,15 +477,14 @@ def test_runner_load_from_other_classes_is_refused_before_loading(tmp_path):
     ckpt = str(tmp_path / 'coco.pth')
     source = MODELS.build(model_cfg(num_classes=171))
     torch.save({'state_dict': source.state_dict(), 'meta': {}}, ckpt)
-    cfg = setup_safe_checkpointing(train_cfg(data, str(tmp_path / 'w'), max_iters=1,
-                                             num_classes=20, load_from=ckpt))
+    cfg = train_cfg(data, str(tmp_path / 'w'), max_iters=1, num_classes=20, load_from=ckpt)
     runner = Runner.from_cfg(cfg)
     with pytest.raises(CheckpointMismatchError, match=r'\(171, 8, 1, 1\) -> \(20, 8, 1, 1\)'):
         runner.train()
     # Refused before mmengine loaded anything: nothing is half-loaded.
     assert not torch.equal(runner.model.backbone.stem[0].weight, source.backbone.stem[0].weight)
     # Fine-tuning on purpose: everything but the classifier is loaded.
-    cfg.custom_hooks = [dict(type='CheckpointReportHook', allow_shape_mismatch=True)]
+    cfg.default_hooks.checkpoint_report.allow_shape_mismatch = True
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(ckpt)
     assert torch.equal(runner.model.backbone.stem[0].weight, source.backbone.stem[0].weight)

@@ -5,7 +5,7 @@ an uninterrupted one; one killed with SIGKILL as soon as a checkpoint is on disk
 killed one restarted with ``--resume``. With a fixed seed on the CPU the final weights, BN
 statistics and optimizer state are bitwise equal: the data order is replayed by mmengine,
 the learning-rate schedule and momentum come from the checkpoint, and the dropout masks
-match because :class:`~vtseg.engine.safe_checkpoint.SafeCheckpointHook` resumes the torch
+match because :class:`~vtseg.checkpoint.SafeCheckpointHook` resumes the torch
 random number generator too.
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import as_cli, run, tiny_options
 
 from vtseg.datasets.demo import generate_demo_data
 from vtseg.datasets.vtdemo_scenes import CLASSES
@@ -22,40 +23,8 @@ needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
                                     reason='tests the CPU code path')
 
 
-def tiny_options(data_root, iters=4, ckpt_interval=2):
-    """--cfg-options for a 48x48, width-8 VT-FPN that trains in a second per iteration."""
-    opts = {
-        'model.backbone.stem_channels': 8, 'model.backbone.base_channels': 8,
-        'model.neck.in_channels': [8, 16, 32, 64], 'model.neck.out_channels': 8,
-        'model.neck.token_channels': 16, 'model.neck.num_heads': 2,
-        'model.decode_head.in_channels': [8, 8, 8, 8], 'model.decode_head.channels': 8,
-        'model.data_preprocessor.size': [48, 48],
-        'train_dataloader.batch_size': 2,
-        'train_cfg.max_iters': iters, 'train_cfg.val_interval': iters,
-        'default_hooks.checkpoint.interval': ckpt_interval,
-        'default_hooks.logger.interval': 1,
-        'param_scheduler.0.end': 1, 'param_scheduler.1.begin': 1,
-        'param_scheduler.1.end': iters,
-    }
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts[f'{loader}.dataset.data_root'] = str(data_root)
-        opts[f'{loader}.num_workers'] = 0
-        opts[f'{loader}.persistent_workers'] = False
-    return opts
-
-
-def as_cli(opts):
-    return ['--cfg-options'] + [
-        f"{k}=[{','.join(map(str, v))}]" if isinstance(v, list) else f'{k}={v}'
-        for k, v in opts.items()]
-
-
 def run_tool(*args, expect_rc=0, timeout=300):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == expect_rc, out[-4000:]
-    return out
+    return run(*args, expect_rc=expect_rc, timeout=timeout, env=ENV)
 
 
 @pytest.fixture(scope='module')
@@ -189,7 +158,7 @@ def test_amp_trains_under_bfloat16_autocast(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end_then_reuses_checkpoints(tmp_path, monkeypatch):
-    from vtseg.engine import demo
+    from vtseg.demo import fpn_vs_vtfpn as demo
 
     data, work = tmp_path / 'data', tmp_path / 'work'
     out = run_tool('tools/demo.py', '--iters', 2, '--num-train', 8, '--num-val', 2,

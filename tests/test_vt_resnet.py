@@ -23,9 +23,9 @@ from vtseg.analysis.table8 import (
     format_table8,
     table8_rows,
 )
+from vtseg.checkpoint import CheckpointMismatchError, load_checkpoint, load_resnet_weights
 from vtseg.models import VTResNet, VTResNetClassifier
 from vtseg.models.layers import FilterTokenizer, RecurrentTokenizer, VTModule
-from vtseg.utils.checkpoint import load_checkpoint, load_resnet_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ['configs/fpn_vt-r50_lip.py', 'configs/fpn_vt-r50_coco-stuff164k.py']
@@ -220,11 +220,15 @@ def test_torchvision_checkpoint_loads_into_shared_stages(tmp_path, log_records):
                            fresh_before['vt_in_conv.conv.weight'])
 
     report = load_resnet_weights(model, str(path))
-    expected_unused = sorted(k for k in state if k.startswith(('fc.', 'layer4.')))
-    assert report.unused == expected_unused and len(expected_unused) == 32
-    assert report.missing == [] and report.mismatched == []
-    assert sorted(report.fresh) == sorted(fresh_before)
-    assert sorted(report.loaded) == sorted(shared) and report.prefix == ''
+    expected_unused = sorted(k for k in state if k.startswith(('fc.', 'layer4.'))
+                             and not k.endswith('num_batches_tracked'))  # BN counters
+    assert report.unexpected == expected_unused and len(expected_unused) == 27
+    assert report.missing == [] and report.shape_mismatch == {}
+    fresh = [k for k in fresh_before if not k.endswith('num_batches_tracked')]
+    assert sorted(report.expected_missing) == sorted(fresh)
+    assert sorted(report.loaded) == sorted(k for k in shared
+                                           if not k.endswith('num_batches_tracked'))
+    assert report.prefix == ''
     text = '\n'.join(r.getMessage() for r in log_records)
     assert 'fc.weight' in text and 'layer4.1.conv2.weight' in text  # not used
     assert 'vt_modules.1.tokenizer.token_to_filter.weight' in text  # newly initialised
@@ -249,11 +253,12 @@ def test_mmseg_checkpoint_prefix_mismatch_and_strict(tmp_path):
     report = load_resnet_weights(model34, state)
     assert 'layer2.3.conv1.weight' in report.missing
     assert not any(k.startswith('vt_') for k in report.missing)
-    with pytest.raises(RuntimeError, match='NOT FOUND'):
+    with pytest.raises(CheckpointMismatchError, match='(?s)missing from the checkpoint.*'
+                       'layer1.2.conv1.weight'):
         load_resnet_weights(model34, state, strict=True)
     # Same names, other shapes: R50 stem loads, layer weights are reported as mismatched.
     report = load_resnet_weights(VTResNet(50), state)
-    assert ('layer1.0.conv1.weight', (64, 64, 3, 3), (64, 64, 1, 1)) in report.mismatched
+    assert report.shape_mismatch['layer1.0.conv1.weight'] == ((64, 64, 3, 3), (64, 64, 1, 1))
     assert 'conv1.weight' in report.loaded
 
 
@@ -264,7 +269,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     torch.save({'state_dict': {}, 'extra': Path('x')}, path)  # needs a non-tensor global
     with pytest.raises(RuntimeError, match='pickled_object.pth'):
         load_checkpoint(str(path))
-    with pytest.raises(RuntimeError, match='no tensor matches'):
+    with pytest.raises(CheckpointMismatchError, match='no tensor of the model'):
         load_resnet_weights(VTResNet(18), {'head.weight': torch.zeros(3)})
 
 

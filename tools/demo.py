@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import vtseg  # noqa: E402,F401
-from vtseg.engine.demo import run_demo  # noqa: E402
+from vtseg.demo import run_demo  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,7 +49,7 @@ def main() -> int:
         run_demo(work_dir=args.work_dir, data_root=args.data_root, num_train=args.num_train,
                  num_val=args.num_val, seed=args.seed, iters=args.iters,
                  repeats=args.repeats, retrain=args.retrain,
-                 tools_dir=str(Path(__file__).resolve().parent))
+                 root=str(Path(__file__).resolve().parents[1]))
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

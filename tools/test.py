@@ -15,13 +15,9 @@ import sys
 from mmengine.config import DictAction
 
 import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
+from vtseg.checkpoint import CheckpointError, CheckpointMismatchError, check_checkpoint_file
 from vtseg.datasets import check_data_cfg
-from vtseg.engine import (
-                          build_runner,
-                          check_checkpoint_file,
-                          prepare_test_cfg,
-                          setup_safe_checkpointing,
-)
+from vtseg.engine import build_runner, prepare_test_cfg
 from vtseg.engine.dist import LAUNCHERS, finish_distributed
 
 
@@ -68,12 +64,15 @@ def main() -> int:
                                cfg_options=args.cfg_options, launcher=args.launcher)
         check_checkpoint_file(args.checkpoint)  # truncated or corrupt: name the file
         check_data_cfg(cfg, splits=('test',))
-        setup_safe_checkpointing(cfg)  # report what the checkpoint loads; refuse half loads
+        runner = build_runner(cfg)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    runner = build_runner(cfg)
-    runner.test()
+    try:  # the config's CheckpointReportHook refuses a checkpoint that does not fit
+        runner.test()
+    except (CheckpointError, CheckpointMismatchError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     finish_distributed()  # gloo runs: let every rank finish, then leave
     return 0
 

@@ -14,13 +14,9 @@ import sys
 from mmengine.config import DictAction
 
 import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
+from vtseg.checkpoint import CheckpointError, CheckpointMismatchError
 from vtseg.datasets import check_data_cfg
-from vtseg.engine import (
-                          build_runner,
-                          check_model_forward,
-                          prepare_train_cfg,
-                          setup_safe_checkpointing,
-)
+from vtseg.engine import ModelConfigError, build_runner, prepare_train_cfg
 from vtseg.engine.dist import LAUNCHERS, finish_distributed
 
 
@@ -59,17 +55,16 @@ def main() -> int:
                                 amp=args.amp, cfg_options=args.cfg_options,
                                 launcher=args.launcher)
         check_data_cfg(cfg)  # dataset folders exist and hold matching images and labels
-        setup_safe_checkpointing(cfg)  # atomic saves; --resume skips broken checkpoints
+        # The checkpoint hooks the config declares check their arguments here.
+        runner = build_runner(cfg)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    runner = build_runner(cfg)
-    try:  # one forward pass: backbone, neck and head fit together
-        check_model_forward(runner.model, cfg.get('crop_size'))
-    except ValueError as err:
+    try:  # what the config's hooks refuse before the first iteration, as one line
+        runner.train()
+    except (CheckpointError, CheckpointMismatchError, ModelConfigError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    runner.train()
     finish_distributed()  # gloo runs: let every rank finish, then leave
     return 0
 

@@ -117,7 +117,9 @@ def build_model(config: str, checkpoint: Optional[str], device: str, cfg_options
     import torch
     from mmengine.config import Config
     from mmengine.logging import MMLogger
-    from mmseg.apis import init_model
+
+    from vtseg.apis import init_model  # refuses checkpoints that do not fit the model
+    from vtseg.checkpoint import CheckpointError, CheckpointMismatchError
 
     if not Path(config).is_file():
         raise SystemExit(f'error: CONFIG {config} does not exist')
@@ -135,7 +137,10 @@ def build_model(config: str, checkpoint: Optional[str], device: str, cfg_options
               file=sys.stderr, flush=True)
         switch_off_pretrained(cfg.model)
         torch.manual_seed(seed)
-    model = init_model(cfg, checkpoint, device=device)
+    try:
+        model = init_model(cfg, checkpoint, device=device)
+    except (CheckpointError, CheckpointMismatchError) as err:
+        raise SystemExit(f'error: {err}') from None
     if checkpoint is None:
         # The initialisation training starts from (e.g. VTFPN's Xavier lateral convs);
         # mmengine logs one line per parameter while doing it: keep the output readable.

@@ -1,6 +1,12 @@
 # Vendored from mmseg 1.2.2 configs/_base_/default_runtime.py (mmseg:: base lookups need
 # pkg_resources; a local copy keeps configs loadable everywhere).
 default_scope = 'mmseg'
+# vtseg registers its models, datasets and checkpoint hooks on import, so that mmseg's own
+# tools/train.py and tools/test.py, `mim train` and a plain Runner.from_cfg(cfg) script
+# get the same behaviour as vtseg's tools. The checkpoint hooks (SafeCheckpointHook,
+# CheckpointReportHook) are declared in `default_hooks` next to the schedule
+# (schedules/*.py, demo/fpn_r18_vtdemo.py): mmengine allows a key in one base file only.
+custom_imports = dict(imports=['vtseg'], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

@@ -122,8 +122,13 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
+    # vtseg's checkpoint hooks (vtseg/checkpoint/hooks.py, docs/reliability.md): atomic
+    # saves, --resume past broken checkpoints, loads that do not fit the model refused.
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=max_iters,
                     max_keep_ckpts=2),
+    checkpoint_report=dict(type='CheckpointReportHook'),
+    # One forward pass before the first iteration: parts that do not fit are named.
+    model_check=dict(type='ModelCheckHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 randomness = dict(seed=0)

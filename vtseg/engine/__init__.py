@@ -1,17 +1,16 @@
 """Training and testing machinery behind ``tools/``: CPU/GPU distributed set-up, mixed
-precision on the CPU, config preparation as mmseg's tools do it, and the demo.
+precision on the CPU, config preparation as mmseg's tools do it, the pre-flight forward.
 
 Importing it registers :class:`CPUDistributedDataParallel` (mmengine ``MODEL_WRAPPERS``),
-:class:`BF16OptimWrapper` (mmengine ``OPTIM_WRAPPERS``), :class:`ClassIoUMetric`
-(mmseg ``METRICS``) and :class:`SafeCheckpointHook` / :class:`CheckpointReportHook` (mmseg
-``HOOKS``, see ``docs/reliability.md``).
+:class:`BF16OptimWrapper` (mmengine ``OPTIM_WRAPPERS``) and :class:`ClassIoUMetric`
+(mmseg ``METRICS``) and :class:`ModelCheckHook` (mmseg ``HOOKS``). The checkpoint hooks
+live in :mod:`vtseg.checkpoint`.
 """
 from .dist import init_cpu_dist, setup_distributed
-from .load_report import CheckpointReportHook
 from .metrics import ClassIoUMetric
 from .model_wrapper import CPUDistributedDataParallel
 from .optim_wrapper import BF16OptimWrapper
-from .preflight import ModelConfigError, check_model_forward
+from .preflight import ModelCheckHook, ModelConfigError, check_model_forward
 from .runner import (
                      build_runner,
                      enable_amp,
@@ -20,15 +19,8 @@ from .runner import (
                      prepare_train_cfg,
                      read_test_metrics,
 )
-from .safe_checkpoint import (
-                              CheckpointError,
-                              SafeCheckpointHook,
-                              check_checkpoint_file,
-                              setup_safe_checkpointing,
-)
 
 __all__ = ['BF16OptimWrapper', 'CPUDistributedDataParallel', 'ClassIoUMetric',
            'build_runner', 'enable_amp', 'init_cpu_dist', 'load_config', 'prepare_test_cfg',
            'prepare_train_cfg', 'read_test_metrics', 'setup_distributed',
-           'CheckpointError', 'CheckpointReportHook', 'ModelConfigError', 'SafeCheckpointHook',
-           'check_checkpoint_file', 'check_model_forward', 'setup_safe_checkpointing']
+           'ModelCheckHook', 'ModelConfigError', 'check_model_forward']

@@ -7,17 +7,20 @@ tokens or heads that do not divide the token width), but whether the parts fit t
 tensors flow. :func:`check_model_forward` runs backbone, neck and head once on a blank
 image in eval mode without gradients and, if a part fails, raises
 :class:`ModelConfigError` naming that part, the shapes it received and the settings to
-compare. ``tools/train.py`` calls it right after building the Runner.
+compare. :class:`ModelCheckHook` (``default_hooks.model_check`` in the shipped configs)
+runs it before the first training iteration, whichever script runs the config.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
 import torch
+from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmseg.registry import HOOKS
 from torch import Tensor, nn
 
-__all__ = ['ModelConfigError', 'check_model_forward']
+__all__ = ['ModelCheckHook', 'ModelConfigError', 'check_model_forward']
 
 
 class ModelConfigError(ValueError):
@@ -87,3 +90,22 @@ def check_model_forward(model: nn.Module, input_size: Optional[Tuple[int, int]] 
              f'{_shapes(feats)}')
     finally:
         model.train(was_training)
+
+
+@HOOKS.register_module()
+class ModelCheckHook(Hook):
+    """Run :func:`check_model_forward` once before the first training iteration.
+
+    Args:
+        input_size: (H, W) of the test image; default: the config's ``crop_size``, else
+            (64, 64).
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, input_size: Optional[Tuple[int, int]] = None) -> None:
+        self.input_size = tuple(input_size) if input_size is not None else None
+
+    def before_train(self, runner) -> None:
+        size = self.input_size or runner.cfg.get('crop_size')
+        check_model_forward(runner.model, tuple(size) if size is not None else None)

@@ -35,6 +35,11 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # detectron2 SOLVER.CHECKPOINT_PERIOD=5000 (mmseg's schedules: 8000 or 16000).
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000),
+    # vtseg's checkpoint hooks (vtseg/checkpoint/hooks.py, docs/reliability.md): atomic
+    # saves, --resume past broken checkpoints, loads that do not fit the model refused.
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=5000),
+    checkpoint_report=dict(type='CheckpointReportHook'),
+    # One forward pass before the first iteration: parts that do not fit are named.
+    model_check=dict(type='ModelCheckHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))

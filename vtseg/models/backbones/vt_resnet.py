@@ -8,17 +8,13 @@ C feature channels of the VT stage, L tokens, C_T token channels.
 """
 from __future__ import annotations
 
-import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from mmcv.cnn import ConvModule
-from mmengine.logging import print_log
-from mmengine.model.weight_init import update_init_info
 from mmseg.models.backbones import ResNet
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from ...utils.checkpoint import load_resnet_weights
 from ..layers import VTModule
 
 __all__ = ['VTResNet', 'VTResNetClassifier', 'VT_ARCH_SETTINGS']
@@ -37,6 +33,27 @@ VT_ARCH_SETTINGS: Dict[int, Tuple[int, int]] = {
     101: (3, 1024),
 }
 _NUM_STAGES = 3  # convolutional stages kept from ResNet; the 4th is the VT stage
+#: mmseg ResNet's default initialisation (what the VT stage keeps when the shared stages
+#: are loaded from a checkpoint).
+_RESNET_DEFAULT_INIT = [dict(type='Kaiming', layer='Conv2d'),
+                        dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
+
+
+def _pretrained_init_cfg(init_cfg: Union[dict, list, None]) -> Union[dict, list, None]:
+    """``init_cfg`` with a ``Pretrained`` entry read as ``ResNetPretrained``.
+
+    ``ResNetPretrained`` (:class:`vtseg.checkpoint.ResNetPretrainedInit`, a registered
+    weight initialiser) loads the stem and stages 1-3 and reports every key; the VT stage,
+    which no ResNet checkpoint holds, gets mmseg ResNet's default initialisation first.
+    """
+    cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
+    pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
+    if not pretrained:
+        return init_cfg
+    if len(pretrained) > 1:
+        raise ValueError('VTResNet: init_cfg holds more than one Pretrained entry')
+    others = [c for c in cfgs if c is not pretrained[0]] or list(_RESNET_DEFAULT_INIT)
+    return others + [dict(pretrained[0], type='ResNetPretrained')]
 
 
 @MODELS.register_module()
@@ -140,6 +157,11 @@ class VTResNet(ResNet):
 
         # ResNet builds the stem and layer1..layer3 (the smallest hook: fewer stages) and
         # freezes them; out_indices are handled here.
+        # init_cfg=dict(type='Pretrained', ...) loads the stem and stages 1-3 through the
+        # registered ResNetPretrained initialiser (it reports every key; the VT stage keeps
+        # ResNet's default initialisation).
+        if 'init_cfg' in kwargs:
+            kwargs['init_cfg'] = _pretrained_init_cfg(kwargs['init_cfg'])
         super().__init__(depth, num_stages=_NUM_STAGES, strides=tuple(strides),
                          dilations=tuple(dilations), out_indices=(0,),
                          frozen_stages=min(frozen_stages, _NUM_STAGES), **kwargs)
@@ -221,39 +243,6 @@ class VTResNet(ResNet):
         so that ``model.eval()`` chains like any ``nn.Module`` (mmseg's returns ``None``)."""
         super().train(mode)
         return self
-
-    def init_weights(self) -> None:
-        """mmseg ResNet's initialisation; ``init_cfg=dict(type='Pretrained', ...)`` loads the
-        stem and stages 1-3 from an ImageNet ResNet checkpoint (torchvision or mmseg keys)
-        with :func:`vtseg.utils.checkpoint.load_resnet_weights`, which logs exactly which
-        checkpoint keys were not used and which parameters start fresh (the VT stage)."""
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
-        if not pretrained or self._is_init:
-            super().init_weights()
-            return
-        if len(pretrained) > 1:
-            raise ValueError('VTResNet: init_cfg holds more than one Pretrained entry')
-        pretrained_cfg = pretrained[0]
-        others = [c for c in cfgs if c is not pretrained_cfg]
-        original = self.init_cfg
-        # Everything gets ResNet's default initialisation first (what the VT stage keeps);
-        # then the checkpoint overwrites the shared stages.
-        self.init_cfg = others or [dict(type='Kaiming', layer='Conv2d'),
-                                   dict(type='Constant', val=1,
-                                        layer=['_BatchNorm', 'GroupNorm'])]
-        try:
-            super().init_weights()
-        finally:
-            self.init_cfg = original
-        print_log(f'VTResNet: loading stem and stages 1-3 from '
-                  f'{pretrained_cfg["checkpoint"]}', logger='current', level=logging.INFO)
-        load_resnet_weights(self, pretrained_cfg['checkpoint'],
-                            prefix=pretrained_cfg.get('prefix'),
-                            map_location=pretrained_cfg.get('map_location', 'cpu'))
-        if hasattr(self, '_params_init_info'):  # set while a parent module initialises
-            update_init_info(self, init_info=f'VTResNet: shared stages loaded from '
-                                             f'{pretrained_cfg["checkpoint"]}')
 
 
 @MODELS.register_module()

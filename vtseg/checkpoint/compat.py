@@ -18,7 +18,9 @@ Two changes, both narrow:
    saved; such a checkpoint then needs ``weights_only=False`` (trusted files only).
 
 Checkpoints written by mmengine *without* vtseg imported contain ``getattr`` and cannot be
-loaded weights-only; :func:`vtseg.utils.checkpoint.load_checkpoint` explains the fix.
+loaded weights-only; :func:`vtseg.checkpoint.io.load_checkpoint` explains the fix. This is
+the only change vtseg makes to other packages when it is imported; everything else is
+registered (hooks, a file backend, a checkpoint loader scheme, a weight initialiser).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The CPU demo behind ``tools/demo.py``: FPN vs VT-FPN on the synthetic VTDemo set.
+"""The CPU demo application behind ``tools/demo.py``: FPN vs VT-FPN on the synthetic
+VTDemo set.
 
 Steps: generate the data (:mod:`vtseg.datasets.demo`), train both configs with
 ``tools/train.py`` (logs stream to the terminal), evaluate both with ``tools/test.py``,
@@ -9,6 +10,12 @@ table with the all-background baseline for scale.
 A trained model is reused when its work folder holds a checkpoint written for the same
 fingerprint: the fully resolved config, the data set's parameters and, for a model that
 uses vtseg classes, the source of ``vtseg/models``. Anything else retrains from scratch.
+
+The demo runs the configs in ``configs/demo/`` with ``tools/train.py`` and ``tools/test.py``
+of a vtseg source tree (a clone): those are not part of the installed package (``pip
+install`` ships ``vtseg/`` only). With vtseg installed normally (not editable), run it from a
+clone, ``python tools/demo.py``, or pass ``root=<clone>`` to :func:`run_demo`; without a
+source tree it stops and says so (:func:`find_source_tree`).
 """
 from __future__ import annotations
 
@@ -28,10 +35,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ['DemoModel', 'DEMO_MODELS', 'background_baseline', 'time_interleaved',
-           'run_demo', 'format_table']
+__all__ = ['DemoModel', 'DEMO_MODELS', 'background_baseline', 'find_source_tree',
+           'time_interleaved', 'run_demo', 'format_table']
 
-ROOT = Path(__file__).resolve().parents[2]
 FINGERPRINT_FILE = 'demo_fingerprint.json'
 # Library warnings (deprecations in mmseg/mmengine) would bury the training logs.
 QUIET_WARNINGS = 'ignore::UserWarning,ignore::DeprecationWarning,ignore::FutureWarning'
@@ -54,6 +60,39 @@ class DemoModel:
 
 DEMO_MODELS = (('FPN', 'configs/demo/fpn_r18_vtdemo.py'),
                ('VT-FPN', 'configs/demo/vtfpn_r18_vtdemo.py'))
+#: What the demo needs from a vtseg source tree.
+SOURCE_TREE_FILES = tuple(c for _, c in DEMO_MODELS) + ('tools/train.py', 'tools/test.py')
+
+
+def find_source_tree(root: Optional[str] = None) -> Path:
+    """The vtseg source tree (a clone) holding the demo configs and tools.
+
+    Args:
+        root: the tree; ``None`` tries the current directory, then the tree this module
+            lies in (an editable install or a clone on ``PYTHONPATH``).
+
+    Raises:
+        FileNotFoundError: no candidate holds :data:`SOURCE_TREE_FILES`; says why.
+    """
+    here = Path(__file__).resolve().parents[2]
+    candidates = [Path(root)] if root is not None else [Path.cwd(), here]
+    for tree in candidates:
+        if all((tree / f).is_file() for f in SOURCE_TREE_FILES):
+            return tree.resolve()
+    tried = ', '.join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f'the demo trains {" and ".join(c for _, c in DEMO_MODELS)} with tools/train.py and '
+        f'tools/test.py of a vtseg source tree, and {tried} holds none of them: an '
+        'installed vtseg package contains only the vtseg/ code, not configs/ or tools/. '
+        'Run python tools/demo.py from a clone of vtseg (an installed vtseg is fine), or '
+        'pass root=<the clone>.')
+
+
+def _models_source() -> Path:
+    """Where the vtseg/models code runs from (installed or in a tree)."""
+    from .. import models
+
+    return Path(models.__file__).resolve().parent
 
 
 def _data_options(data_root: str) -> List[str]:
@@ -86,7 +125,7 @@ def _fingerprint(config: str, options: Sequence[str], data_root: str) -> str:
     meta = Path(data_root) / 'meta.json'
     digest.update(meta.read_bytes() if meta.is_file() else b'no data')
     if _uses_vtseg_models(cfg.model):  # an mmseg-only model does not depend on vtseg code
-        for src in sorted((ROOT / 'vtseg' / 'models').rglob('*.py')):
+        for src in sorted(_models_source().rglob('*.py')):
             digest.update(src.read_bytes())
     return digest.hexdigest()
 
@@ -163,7 +202,7 @@ def train(model: DemoModel, *, work_dir: str, data_root: str, iters: Optional[in
 
 def evaluate(model: DemoModel, *, work_dir: str, data_root: str, tools_dir: str) -> None:
     """Evaluate ``model.checkpoint`` with tools/test.py and read back its metrics."""
-    from .runner import read_test_metrics
+    from ..engine.runner import read_test_metrics
 
     test_dir = osp.join(work_dir, 'test')
     print(f'\n[{model.name}] evaluating {model.checkpoint}', flush=True)
@@ -214,9 +253,8 @@ def time_interleaved(models: Dict[str, torch.nn.Module], inputs: torch.Tensor, *
 
 def measure(rows: Sequence[DemoModel], size: int, repeats: int) -> None:
     """Fill FLOPs, parameters and forward times of the trained models."""
-    from mmseg.apis import init_model
-
     from ..analysis.flops import model_complexity
+    from ..apis import init_model
 
     models = {}
     for row in rows:
@@ -264,8 +302,13 @@ def format_table(rows: Sequence[DemoModel], baseline: Dict, classes: Sequence[st
 def run_demo(*, work_dir: str = 'work_dirs/demo', data_root: str = 'data/vtdemo',
              num_train: int = 1000, num_val: int = 200, seed: int = 0,
              iters: Optional[int] = None, repeats: int = 30, retrain: bool = False,
-             tools_dir: str = str(ROOT / 'tools')) -> str:
-    """Run the whole demo; returns the printed table."""
+             root: Optional[str] = None) -> str:
+    """Run the whole demo; returns the printed table.
+
+    Args:
+        root: the vtseg source tree with ``configs/demo`` and ``tools`` (see
+            :func:`find_source_tree`).
+    """
     from ..datasets.demo import generate_demo_data
     from ..datasets.vtdemo_scenes import CLASSES
 
@@ -273,12 +316,14 @@ def run_demo(*, work_dir: str = 'work_dirs/demo', data_root: str = 'data/vtdemo'
         raise ValueError(f'--iters must be a positive integer, got {iters}')
     if repeats < 1:
         raise ValueError(f'--repeats must be a positive integer, got {repeats}')
+    tree = find_source_tree(root)
+    tools_dir = str(tree / 'tools')
     start = time.perf_counter()
     work_dir, data_root = osp.abspath(work_dir), osp.abspath(data_root)
     generate_demo_data(data_root, num_train=num_train, num_val=num_val, seed=seed)
     with open(osp.join(data_root, 'meta.json')) as f:
         size = json.load(f)['spec']['size']
-    rows = [DemoModel(name, str(ROOT / config)) for name, config in DEMO_MODELS]
+    rows = [DemoModel(name, str(tree / config)) for name, config in DEMO_MODELS]
     for row in rows:
         train(row, work_dir=osp.join(work_dir, row.name.lower().replace('-', '')),
               data_root=data_root, iters=iters, retrain=retrain, tools_dir=tools_dir)
