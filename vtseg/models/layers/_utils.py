@@ -33,6 +33,10 @@ def _pixel_blocks(batch: int, pixels: int) -> int:
     """
     if batch != 1:
         return 1
+    if torch.jit.is_tracing():
+        # A trace (ONNX export) would freeze k, and the size test behind it, at the example
+        # input's size; the plain product is right for every size of a dynamic-shape graph.
+        return 1
     for k in range(MAX_PIXEL_BLOCKS, 1, -1):
         if pixels % k == 0 and pixels // k >= MIN_BLOCK_PIXELS:
             return k
