@@ -213,8 +213,12 @@ def spec_for(model: nn.Module, cfg: Config, *, mode: str = 'logits', dynamic: bo
     pad_val = float(getattr(dp, 'pad_val', 0))
     flip = bool(getattr(dp, 'channel_conversion', False))
     normalize = bool(getattr(dp, '_enable_normalize', False))
-    mean = dp.mean.flatten().tolist() if normalize else None
-    std = dp.std.flatten().tolist() if normalize else None
+    # The config's values (the graph holds them as float32 buffers).
+    dp_cfg = cfg.model.get('data_preprocessor') or {}
+    mean = [float(v) for v in dp_cfg.get('mean', dp.mean.flatten().tolist())] \
+        if normalize else None
+    std = [float(v) for v in dp_cfg.get('std', dp.std.flatten().tolist())] \
+        if normalize else None
     # mmseg pads the normalised image with pad_val: raw value = pad_val * std + mean of the
     # channel each raw channel becomes.
     pad_raw = [pad_val * (std[c] if std else 1.0) + (mean[c] if mean else 0.0)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .spec import OUTPUT_MODES, DeployError, DeploySpec
+from .tracing import traceable
 
 __all__ = ['SegmentorGraph', 'export_onnx', 'write_metadata', 'ExportResult',
            'export_segmentor', 'OPSET']
@@ -171,7 +172,7 @@ def export_onnx(model: nn.Module, path: str, *, shape: Optional[Sequence[int]] =
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     args = (list(example),) if is_list else (example[0],)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), traceable(model):
             torch.onnx.export(model, args, path, opset_version=opset, dynamo=False,
                               input_names=in_names, output_names=out_names,
                               dynamic_axes=axes, do_constant_folding=True)
