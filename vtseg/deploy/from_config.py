@@ -142,14 +142,30 @@ def load_segmentor(config: Any, checkpoint: Optional[str],
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     report = compare_state_dicts(model, state)
     if not report.exact:
-        raise DeployError(
-            f'{report.format(f"checkpoint {checkpoint}")}\nThe checkpoint does not fit the '
-            'config: pass the config it was trained with (and the same --cfg-options)')
+        raise DeployError(f'checkpoint {checkpoint!r} does not fit the config '
+                          f'{getattr(cfg, "filename", config)!r}: {_differences(report)}. '
+                          'Pass the config it was trained with (and the same --cfg-options)')
     model.load_state_dict(state, strict=False)  # exact match checked above (BN counters aside)
     meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
     model.dataset_meta = _dataset_meta(cfg, meta.get('dataset_meta'))
     model.eval()
     return model, cfg
+
+
+def _differences(report, listed: int = 3) -> str:
+    """A one-line account of a :class:`CheckpointLoadReport` that is not exact."""
+    parts = []
+    if report.shape_mismatch:
+        items = list(report.shape_mismatch.items())
+        parts.append(f'{len(items)} tensors differ in shape (' + ', '.join(
+            f'{k}: {tuple(c)} in the checkpoint, {tuple(m)} in the model'
+            for k, (c, m) in items[:listed]) + (', ...)' if len(items) > listed else ')'))
+    for keys, what in [(report.missing, 'model tensors are missing from the checkpoint'),
+                       (report.unexpected, 'checkpoint tensors are not in the model')]:
+        if keys:
+            parts.append(f'{len(keys)} {what} ({", ".join(keys[:listed])}'
+                         + (', ...)' if len(keys) > listed else ')'))
+    return '; '.join(parts)
 
 
 def _dataset_meta(cfg: Config, saved: Optional[dict]) -> dict:
