@@ -1,6 +1,5 @@
 """ONNX export of the demo and paper segmentors, checked against PyTorch in ONNX Runtime."""
 import cv2
-import numpy as np
 import pytest
 import torch
 from conftest import DEMO, ROOT, TINY, TINY_FPN, run_tool, write_checkpoint

@@ -9,8 +9,13 @@ from conftest import DEMO, ROOT, TINY, as_cli, run_tool
 
 pytest.importorskip('onnxruntime')
 
-from vtseg.deploy import DeployError, OnnxSegmentor, export_onnx, export_segmentor  # noqa: E402
-from vtseg.deploy import ort_session  # noqa: E402
+from vtseg.deploy import (  # noqa: E402
+    DeployError,
+    OnnxSegmentor,
+    export_onnx,
+    export_segmentor,
+    ort_session,  # noqa: E402
+)
 from vtseg.deploy.from_config import load_segmentor  # noqa: E402
 
 

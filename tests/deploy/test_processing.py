@@ -8,9 +8,9 @@ from vtseg.deploy.processing import (
     check_image,
     overlay,
     pad_image,
+    pipeline_resize_shape,
     resize_image,
     resize_logits,
-    pipeline_resize_shape,
 )
 from vtseg.deploy.spec import DeployError, DeploySpec
 

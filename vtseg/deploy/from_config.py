@@ -111,8 +111,9 @@ def load_segmentor(config: Any, checkpoint: Optional[str],
         DeployError: unsupported model (see the module docstring), or a checkpoint that
             does not fit the config, listing the differing tensors.
     """
-    import vtseg  # noqa: F401, PLC0415  (registers vtseg, checkpoint loading under torch>=2.6)
     from mmseg.registry import MODELS  # noqa: PLC0415
+
+    import vtseg  # noqa: F401, PLC0415  (registers vtseg, checkpoint loading under torch>=2.6)
 
     from ..analysis.config_model import disable_pretrained, load_config  # noqa: PLC0415
     from ..engine.load_report import compare_state_dicts  # noqa: PLC0415
@@ -184,10 +185,9 @@ def _dataset_meta(cfg: Config, saved: Optional[dict]) -> dict:
     palette = meta.get('palette')
     if classes and not palette:
         # mmseg's BaseSegDataset._update_palette for datasets without one
-        state = np.random.get_state()
-        np.random.seed(42)
-        palette = np.random.randint(0, 255, size=(len(classes), 3)).tolist()
-        np.random.set_state(state)
+        # (np.random.seed(42); np.random.randint), without touching the global state
+        rng = np.random.RandomState(42)  # noqa: NPY002  (mmseg's legacy generator)
+        palette = rng.randint(0, 255, size=(len(classes), 3)).tolist()
     return dict(classes=classes, palette=[list(map(int, c)) for c in (palette or [])])
 
 

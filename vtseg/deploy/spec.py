@@ -89,7 +89,7 @@ class DeploySpec:
         return props
 
     @classmethod
-    def from_metadata(cls, props: Mapping[str, str], source: str = 'model') -> 'DeploySpec':
+    def from_metadata(cls, props: Mapping[str, str], source: str = 'model') -> DeploySpec:
         """Read the entries written by :meth:`to_metadata`.
 
         Raises:
