@@ -2,7 +2,7 @@
 import cv2
 import pytest
 import torch
-from conftest import DEMO, ROOT, TINY, TINY_FPN, run_tool, write_checkpoint
+from deploy_helpers import DEMO, ROOT, TINY, TINY_FPN, run_tool, write_checkpoint
 
 pytest.importorskip('onnxruntime')
 

@@ -1,11 +1,9 @@
 """ONNX Runtime inference: mmseg's mIoU from the .onnx file alone, and clear errors."""
-import re
-
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO, ROOT, TINY, as_cli, run_tool
+from deploy_helpers import DEMO, ROOT, TINY, as_cli, run_tool
 
 pytest.importorskip('onnxruntime')
 
@@ -14,7 +12,8 @@ from vtseg.deploy import (  # noqa: E402
     OnnxSegmentor,
     export_onnx,
     export_segmentor,
-    ort_session,  # noqa: E402
+    infer_images,
+    ort_session,
 )
 from vtseg.deploy.from_config import load_segmentor  # noqa: E402
 
@@ -55,27 +54,28 @@ def miou_of_maps(pred_dir, ann_dir, num_classes):
 @pytest.mark.slow
 def test_onnx_runtime_miou_equals_tools_test(demo_data, tmp_path):
     """Train the demo VT-FPN for 20 iterations, evaluate it with tools/test.py, export it
-    and segment the same val images (all 12 of the test's VTDemo set) with
-    tools/infer_onnx.py: same mIoU, same label maps."""
-    from vtseg.engine import read_test_metrics
+    and segment the same val images (all 12 of the test's VTDemo set) from the .onnx file
+    alone: same mIoU, same label maps. (tools/export_onnx.py and tools/infer_onnx.py run
+    the functions called here; their command lines are tested below and in
+    test_onnx_export.py.)"""
+    from vtseg.engine import build_runner, prepare_train_cfg, read_test_metrics
 
     iters, config = 20, DEMO['vtfpn']
-    opts = as_cli(train_options(demo_data, iters))
-    run_tool('tools/train.py', config, '--work-dir', tmp_path / 'train', *opts)
+    options = train_options(demo_data, iters)
+    build_runner(prepare_train_cfg(str(ROOT / config), work_dir=str(tmp_path / 'train'),
+                                   cfg_options=options)).train()
     ckpt = tmp_path / 'train' / f'iter_{iters}.pth'
     run_tool('tools/test.py', config, ckpt, '--work-dir', tmp_path / 'test', '--out',
-             tmp_path / 'test_pred', *opts)
+             tmp_path / 'test_pred', *as_cli(options))
     miou_test = read_test_metrics(str(tmp_path / 'test'))['mIoU']
-    out = run_tool('tools/export_onnx.py', config, ckpt, '--out', tmp_path / 'vtfpn.onnx',
-                   '--dynamic', *opts)
-    print(out)
-    assert re.search(r'verified on .*000000\.png', out), out
-    val = demo_data / 'img_dir' / 'val'
-    out = run_tool('tools/infer_onnx.py', tmp_path / 'vtfpn.onnx', val, '--out-dir',
-                   tmp_path / 'ort', '--threads', '1')
-    print(out)
-    assert re.search(r'12 image\(s\): ONNX Runtime [\d.]+ ms per image', out), out
-    assert len(list((tmp_path / 'ort' / 'vis').glob('*.png'))) == 12
+    result = export_segmentor(str(ROOT / config), str(ckpt), str(tmp_path / 'vtfpn.onnx'),
+                              dynamic=True, cfg_options=options)
+    print(result.summary())
+    assert result.verification.image.endswith('000000.png')
+    report = infer_images(result.path, str(demo_data / 'img_dir' / 'val'),
+                          str(tmp_path / 'ort'), threads=1)
+    print(report.summary())
+    assert len(report.images) == 12 and len(report.written['vis']) == 12
     ann = demo_data / 'ann_dir' / 'val'
     miou_ort, n = miou_of_maps(tmp_path / 'ort' / 'pred', ann, 6)
     miou_ref, _ = miou_of_maps(tmp_path / 'test_pred', ann, 6)
@@ -86,6 +86,22 @@ def test_onnx_runtime_miou_equals_tools_test(demo_data, tmp_path):
             for p in sorted((tmp_path / 'ort' / 'pred').glob('*.png'))]
     print(f'pixels with the same label as tools/test.py --out: {100 * np.mean(same):.4f}%')
     assert np.mean(same) > 0.999
+
+
+def test_infer_tool_writes_label_maps_and_overlays(fixed_export, tmp_path):
+    import re
+
+    (tmp_path / 'in').mkdir()
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / 'in' / f'{i}.png'), np.full((96, 96, 3), 60 * i, np.uint8))
+    out = run_tool('tools/infer_onnx.py', fixed_export, tmp_path / 'in', '--out-dir',
+                   tmp_path / 'out', '--threads', '1')
+    assert re.search(r'2 image\(s\): ONNX Runtime [\d.]+ ms per image \(median\)', out), out
+    for sub in ('pred', 'vis'):
+        assert sorted(p.name for p in (tmp_path / 'out' / sub).glob('*.png')) == \
+            ['0.png', '1.png']
+    labels = cv2.imread(str(tmp_path / 'out' / 'pred' / '0.png'), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (96, 96) and labels.max() < 6
 
 
 @pytest.fixture(scope='module')
