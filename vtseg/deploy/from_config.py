@@ -9,6 +9,7 @@ single-channel (sigmoid) heads, test pipelines with transforms other than loadin
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -123,6 +124,9 @@ def load_segmentor(config: Any, checkpoint: Optional[str],
     cfg = load_config(config, cfg_options)
     _check_model_cfg(cfg)
     if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise DeployError(f'checkpoint {checkpoint!r} does not exist; pass a .pth file '
+                              'written by tools/train.py for this config')
         try:
             check_checkpoint_file(checkpoint)
         except RuntimeError as err:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -172,7 +173,11 @@ def export_onnx(model: nn.Module, path: str, *, shape: Optional[Sequence[int]] =
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     args = (list(example),) if is_list else (example[0],)
     try:
-        with torch.no_grad(), traceable(model):
+        # TracerWarnings flag Python checks on sizes (channel counts, batch == 1), which
+        # are constants here; what a trace could freeze wrongly is handled by `traceable`
+        # and caught by the comparison with PyTorch at other sizes (tests/deploy).
+        with torch.no_grad(), traceable(model), warnings.catch_warnings():
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
             torch.onnx.export(model, args, path, opset_version=opset, dynamo=False,
                               input_names=in_names, output_names=out_names,
                               dynamic_axes=axes, do_constant_folding=True)
