@@ -13,6 +13,7 @@ from vtseg.deploy.processing import (
     resize_logits,
 )
 from vtseg.deploy.spec import DeployError, DeploySpec
+from vtseg.deploy.verify import relative_error
 
 SIZES = [(96, 96), (50, 71), (123, 40), (473, 600)]
 
@@ -46,10 +47,12 @@ def test_resize_matches_the_mmseg_transform(transform):
 @pytest.mark.parametrize('align_corners', [False, True])
 @pytest.mark.parametrize('size', [(96, 96), (37, 121), (10, 7)])
 def test_resize_logits_matches_interpolate(size, align_corners):
-    x = torch.randn(5, 24, 31)
+    x = torch.randn(5, 24, 31, generator=torch.Generator().manual_seed(0)) * 3
     ref = F.interpolate(x[None], size=size, mode='bilinear', align_corners=align_corners)[0]
     out = resize_logits(x.numpy(), size, align_corners)
-    np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-5)
+    assert out.shape == tuple(ref.shape)
+    # float32 rounding only (the order of the sums differs): 1.6e-6 at most over 30 seeds
+    assert relative_error(out, ref.numpy()) < 1e-5
 
 
 @pytest.mark.parametrize('test_cfg', [dict(size_divisor=32), dict(size=(64, 96)),

@@ -121,14 +121,18 @@ def pad_image(img: np.ndarray, spec: DeploySpec) -> Tuple[np.ndarray, Tuple[int,
 
 def _axis_weights(n_in: int, n_out: int, align_corners: bool):
     """Source indices and weights of ``F.interpolate(mode='bilinear')`` along one axis."""
-    dst = np.arange(n_out, dtype=np.float64)
+    # float32 arithmetic, as PyTorch's CPU kernel for float32 maps (area_pixel_compute_*)
+    f32 = np.float32
+    dst = np.arange(n_out, dtype=f32)
     if align_corners:
-        src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(dst)
+        scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0)
+        src = dst * scale
     else:
-        src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        scale = f32(n_in) / f32(n_out)
+        src = np.maximum(scale * (dst + f32(0.5)) - f32(0.5), f32(0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = (src - i0).astype(np.float32)
+    frac = (src - i0.astype(f32)).astype(f32)
     return i0, i1, frac
 
 
