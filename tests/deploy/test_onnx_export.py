@@ -111,6 +111,7 @@ def test_neck_and_head_output_export_for_benchmarks(tmp_path):
 def test_paper_vtfpn_configs_export(config, options, tmp_path):
     """R-50 VT-FPN (LIP 473x473 resize; COCO-Stuff shortest-edge resize, 171 classes) with
     random weights (no pretrained init, nothing downloaded)."""
+    torch.manual_seed(0)
     result = export_segmentor(str(ROOT / config), None, str(tmp_path / 'm.onnx'),
                               shape=(64, 64), dynamic=True, cfg_options=options)
     print(result.summary())
