@@ -49,7 +49,8 @@ if ! "$VENV/bin/python" -c "import mmcv.ops" 2>/dev/null; then
 fi
 echo "[setup] installing mmsegmentation and the remaining requirements"
 pip install -q -r requirements.txt
-pip install -q --no-build-isolation -e ".[dev]"
+# deploy: onnx and onnxruntime, so that the test suite runs the ONNX export tests.
+pip install -q --no-build-isolation -e ".[dev,deploy]"
 "$VENV/bin/python" -c "import vtseg, mmcv.ops, mmseg; print('[setup] vtseg', vtseg.__version__, '| mmseg', mmseg.__version__)"
 echo "$want" > "$STAMP"
 echo "[setup] done in $(( $(date +%s) - t0 )) s"
