@@ -61,9 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--models', default='neck,r50',
                         help=f'comma-separated subset of {",".join(MODES)}: neck (the neck '
                              'alone), r50 / r101 (whole segmentors); default neck,r50')
-    parser.add_argument('--forms', default=','.join(FORMS),
+    parser.add_argument('--forms', default=None,
                         help=f'comma-separated forms each model is timed in, among '
-                             f'{",".join(FORMS)} (default: all)')
+                             f'{",".join(FORMS)} (default: all; on a GPU all but '
+                             'onnxruntime)')
     parser.add_argument('--repeats', type=int, default=5, help='timed calls per form')
     parser.add_argument('--warmup', type=int, default=1, help='untimed calls per form first')
     parser.add_argument('--batch', type=int, default=4,
@@ -117,7 +118,9 @@ def main(argv=None) -> int:
     try:
         settings = BenchmarkSettings(
             sizes=_sizes(args.sizes),
-            modes=_names(args.models), forms=_names(args.forms),
+            modes=_names(args.models),
+            forms=_names(args.forms) if args.forms is not None else
+            [f for f in FORMS if f != 'onnxruntime' or args.device == 'cpu'],
             warmup=args.warmup, repeats=args.repeats, batch=args.batch,
             throughput_sizes=_sizes(args.throughput_sizes),
             train_sizes=_sizes(args.train_sizes), train_batch=args.train_batch,

@@ -6,6 +6,8 @@
   channels_last), channels_last inputs.
 * ``compile``: :func:`torch.compile` of the model as built, NCHW inputs.
 * ``optimized+compile``: the optimisation step, then :func:`torch.compile`.
+* ``onnxruntime``: the model exported to ONNX (:func:`vtseg.deploy.export_onnx`, the
+  model's ``mode='tensor'`` graph) and run by ONNX Runtime (CPU only).
 
 A form turns a built model and its example inputs into a callable that runs one
 inference (``torch.no_grad``), or one training step for the :data:`TRAIN_FORMS`. The
@@ -15,9 +17,11 @@ timing never includes compilation.
 from __future__ import annotations
 
 import copy
+import os.path as osp
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +45,7 @@ class Form:
     """How to prepare a model and its inputs."""
 
     name: str
-    prepare: Callable[[nn.Module], nn.Module]
+    prepare: Optional[Callable[[nn.Module], nn.Module]]  # None: not run by PyTorch
     channels_last: bool
     compiled: bool
 
@@ -58,6 +62,7 @@ FORMS: Dict[str, Form] = {f.name: f for f in [
          compiled=True),
     Form('optimized+compile', lambda m: optimize_for_inference(m, compile=True),
          channels_last=True, compiled=True),
+    Form('onnxruntime', None, channels_last=False, compiled=False),
 ]}
 
 #: Forms of the training step (the optimisation step is inference-only).
@@ -72,6 +77,8 @@ TRAIN_FORMS: Dict[str, Form] = {f.name: f for f in [
 def make_runner(form: Form, model: nn.Module, inputs: Inputs, *, is_neck: bool,
                 log: Callable[[str], None] = print, label: str = '') -> Callable[[], object]:
     """A callable running one inference of ``model`` in ``form`` (compiled already)."""
+    if form.name == 'onnxruntime':
+        return _ort_runner(model, inputs, is_neck=is_neck, log=log, label=label)
     prepared = form.prepare(model).eval()
     inputs = to_channels_last(inputs) if form.channels_last else inputs
 
@@ -83,4 +90,26 @@ def make_runner(form: Form, model: nn.Module, inputs: Inputs, *, is_neck: bool,
         start = time.perf_counter()
         run()
         log(f'  {label}{form.name}: compiled in {time.perf_counter() - start:.1f} s')
+    return run
+
+
+def _ort_runner(model: nn.Module, inputs: Inputs, *, is_neck: bool,
+                log: Callable[[str], None], label: str) -> Callable[[], object]:
+    """Export ``model`` (its ``mode='tensor'`` graph for a segmentor) and run it in ONNX
+    Runtime with as many threads as PyTorch uses."""
+    from ...deploy import export_onnx, ort_session  # noqa: PLC0415
+
+    folder = tempfile.TemporaryDirectory(prefix='vtseg-benchmark-')
+    path = osp.join(folder.name, 'model.onnx')
+    start = time.perf_counter()
+    export_onnx(model, path, inputs=inputs, mode='tensor')
+    session = ort_session(path, threads=torch.get_num_threads())
+    tensors = list(inputs) if is_neck else [inputs]
+    feed = {i.name: t.detach().cpu().numpy()
+            for i, t in zip(session.get_inputs(), tensors)}
+    log(f'  {label}onnxruntime: exported in {time.perf_counter() - start:.1f} s')
+
+    def run():
+        return session.run(None, feed), folder  # the folder lives as long as the runner
+
     return run

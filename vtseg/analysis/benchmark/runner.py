@@ -134,6 +134,8 @@ def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict
     out = []
     for (name, form), fn in fns.items():
         mem = peak_memory(fn, device) if settings.memory else {}
+        if form == 'onnxruntime':  # outside PyTorch's allocator: resident memory only
+            mem['tensors'] = None
         row = Measurement('inference', mode, name, form, tuple(size), batch,
                           str(paths[name]), times[name, form], costs[name][0],
                           costs[name][1], mem.get('tensors'), mem.get('rss'))

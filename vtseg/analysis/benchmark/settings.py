@@ -80,8 +80,17 @@ class BenchmarkSettings:
         if self.clock == 'cpu' and (self.device != 'cpu' or self.threads != 1):
             raise ValueError("clock='cpu' (process CPU time) measures single-threaded CPU "
                              'runs only: use --device cpu --threads 1, or --clock wall')
+        if not self.device.startswith('cuda') and self.device != 'cpu':
+            raise ValueError(f'device {self.device!r}: use cpu or cuda[:N]')
+        if 'onnxruntime' in self.forms:
+            if self.device != 'cpu':
+                raise ValueError('the onnxruntime form runs on the CPU: drop it from forms '
+                                 f'(--forms) with device {self.device!r}')
+            try:
+                import onnxruntime  # noqa: F401, PLC0415
+            except ImportError:
+                raise ValueError('the onnxruntime form needs onnxruntime: pip install -e '
+                                 '".[deploy]", or drop it from forms (--forms)') from None
         if self.device.startswith('cuda') and not torch.cuda.is_available():
             raise ValueError(f'device {self.device!r} requested but CUDA is not available; '
                              'use --device cpu')
-        if not self.device.startswith('cuda') and self.device != 'cpu':
-            raise ValueError(f'device {self.device!r}: use cpu or cuda[:N]')
