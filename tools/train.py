@@ -10,10 +10,10 @@ Examples::
 import argparse
 import os
 import sys
-
-from mmengine.config import DictAction
+from typing import Optional, Sequence
 
 import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
+from vtseg.cli import ArgumentParser, CfgOptionsAction, config_file, work_dir
 from vtseg.datasets import check_data_cfg
 from vtseg.engine import (
                           build_runner,
@@ -24,10 +24,10 @@ from vtseg.engine import (
 from vtseg.engine.dist import LAUNCHERS, finish_distributed
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train a segmentor')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description='Train a segmentor')
+    parser.add_argument('config', type=config_file, help='train config file path')
+    parser.add_argument('--work-dir', type=work_dir, help='the dir to save logs and models')
     parser.add_argument(
         '--resume', action='store_true', default=False,
         help='resume from the latest checkpoint in the work_dir automatically')
@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
         help='enable automatic-mixed-precision training (float16 on GPUs, bfloat16 '
         'autocast on the CPU)')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', action=CfgOptionsAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy '
         'format will be merged into config file. If the value to be overwritten is a '
         'list, it should be like key="[a,b]" or key=a,b. It also allows nested '
@@ -46,32 +46,28 @@ def parse_args() -> argparse.Namespace:
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank;
     # torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def train(args: argparse.Namespace) -> int:
+    """Everything after parsing; any error becomes one ``error:`` line (vtseg.cli)."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
-
-
-def main() -> int:
-    args = parse_args()
-    try:
-        cfg = prepare_train_cfg(args.config, work_dir=args.work_dir, resume=args.resume,
-                                amp=args.amp, cfg_options=args.cfg_options,
-                                launcher=args.launcher)
-        check_data_cfg(cfg)  # dataset folders exist and hold matching images and labels
-        setup_safe_checkpointing(cfg)  # atomic saves; --resume skips broken checkpoints
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+    cfg = prepare_train_cfg(args.config, work_dir=args.work_dir, resume=args.resume,
+                            amp=args.amp, cfg_options=args.cfg_options,
+                            launcher=args.launcher)
+    check_data_cfg(cfg)  # dataset folders exist and hold matching images and labels
+    setup_safe_checkpointing(cfg)  # atomic saves; --resume skips broken checkpoints
     runner = build_runner(cfg)
-    try:  # one forward pass: backbone, neck and head fit together
-        check_model_forward(runner.model, cfg.get('crop_size'))
-    except ValueError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+    # one forward pass: backbone, neck and head fit together
+    check_model_forward(runner.model, cfg.get('crop_size'))
     runner.train()
     finish_distributed()  # gloo runs: let every rank finish, then leave
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return build_parser().run(train, argv)
 
 
 if __name__ == '__main__':
