@@ -20,13 +20,13 @@ from .runner import (
                      prepare_train_cfg,
                      read_test_metrics,
 )
-from .work_dir_lock import WorkDirInUseError, WorkDirLockHook
 from .safe_checkpoint import (
                               CheckpointError,
                               SafeCheckpointHook,
                               check_checkpoint_file,
                               setup_safe_checkpointing,
 )
+from .work_dir_lock import WorkDirInUseError, WorkDirLockHook
 
 __all__ = ['BF16OptimWrapper', 'CPUDistributedDataParallel', 'ClassIoUMetric',
            'build_runner', 'enable_amp', 'init_cpu_dist', 'load_config', 'prepare_test_cfg',
