@@ -79,6 +79,7 @@ def test_bad_model_value_is_one_error_line_and_exit_2(demo_data, tmp_path):
      "argument --cfg-options: 'model.neck.num_tokens8' is not KEY=VALUE (no \"=\" in it)"),
     ([VTFPN, '--cfg-options', 'model.neck.num_tokens', '=', '8'], 'is not KEY=VALUE'),
     ([VTFPN, '--cfg-options', '.x=1'], "the key '.x' is empty or has an empty part"),
+    ([VTFPN, '--cfg-options', 'model.neck.in_channels=[1,2'], 'Imbalanced brackets'),
     (['--cfg-options', 'a=1', VTFPN], 'positional arguments go before --cfg-options'),
     (['configs/nope.py'], "config file 'configs/nope.py' does not exist"),
     (['configs'], "'configs' is a folder, not a config file"),
@@ -89,6 +90,24 @@ def test_command_line_mistakes_are_one_error_line_and_exit_2(argv, message, caps
     assert _tool('train').main(argv) == 2
     err = capsys.readouterr().err
     assert len(_errors(err)) == 1 and message in _errors(err)[0], err
+
+
+@pytest.mark.parametrize('text, message', [
+    ("model = dict(type='VTFPN'\nx = [\n", 'syntax error: invalid syntax'),
+    ("_base_ = ['./absent.py']\n", 'absent.py does not exist (a _base_ file it inherits?)'),
+    ('a = undefined_name + 1\n', "fails to load: NameError: name 'undefined_name'"),
+    ('model = dict(type="EncoderDecoder")\n', "config file 'x' does not exist"),
+])
+def test_config_that_cannot_be_read_is_named(tmp_path, text, message, capsys):
+    path = tmp_path / 'bad_config.py'
+    path.write_text(text)
+    if 'does not exist' in message and 'absent' not in message:
+        path = 'x'  # not even a file
+    assert _tool('train').main([str(path)]) == 2
+    errors = _errors(capsys.readouterr().err)
+    assert len(errors) == 1 and message in errors[0], errors
+    if path != 'x':
+        assert str(path) in errors[0]
 
 
 @pytest.mark.parametrize('key, message', [

@@ -177,13 +177,12 @@ def build_model(config: str, checkpoint: Optional[str], device: str, cfg_options
                 seed: int):
     """The segmentor of ``config`` in eval mode, with ``checkpoint`` or random weights."""
     import torch
-    from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmseg.apis import init_model
 
-    from vtseg.cli import merge_cfg_options
+    from vtseg.cli import merge_cfg_options, read_config
 
-    cfg = merge_cfg_options(Config.fromfile(config), cfg_options)
+    cfg = merge_cfg_options(read_config(config), cfg_options)
     if 'model' not in cfg:
         raise CLIError(f'CONFIG {config} defines no model')
     if checkpoint is None:

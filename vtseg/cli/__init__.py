@@ -16,7 +16,13 @@ from .arguments import (
     sniff_file,
     work_dir,
 )
-from .cfg_options import CfgOptionError, CfgOptionsAction, merge_cfg_options
+from .cfg_options import (
+    CfgOptionError,
+    CfgOptionsAction,
+    ConfigFileError,
+    merge_cfg_options,
+    read_config,
+)
 from .errors import (
     DEBUG_ENV,
     EXIT_ERROR,
@@ -28,7 +34,8 @@ from .errors import (
     run_main,
 )
 
-__all__ = ['ArgumentParser', 'CLIError', 'CfgOptionError', 'CfgOptionsAction', 'DEBUG_ENV',
+__all__ = ['ArgumentParser', 'CLIError', 'CfgOptionError', 'CfgOptionsAction',
+           'ConfigFileError', 'DEBUG_ENV', 'read_config',
            'EXIT_ERROR', 'EXIT_PARTIAL', 'check_work_dir', 'checkpoint_file', 'config_file',
            'debug_enabled', 'device', 'existing_path', 'format_error', 'looks_like_checkpoint',
            'merge_cfg_options', 'positive_int', 'report_error', 'run_main', 'sniff_file',

@@ -1,4 +1,8 @@
-"""``--cfg-options KEY=VALUE ...``: mmengine's syntax, checked before it is merged.
+"""Config files and ``--cfg-options KEY=VALUE ...`` from the command line, checked.
+
+:func:`read_config` is ``Config.fromfile`` with errors that name the config file (mmengine
+reports a syntax error as ``(<unknown>, line 1)`` and a missing ``_base_`` file as a bare
+``FileNotFoundError``).
 
 mmengine's ``DictAction`` fails on an entry without ``=`` with ``not enough values to
 unpack``, and ``Config.merge_from_dict`` silently creates whatever a mistyped key names
@@ -16,7 +20,8 @@ from typing import Any, Dict, Mapping, Optional
 
 from mmengine.config import Config, DictAction
 
-__all__ = ['CfgOptionError', 'CfgOptionsAction', 'merge_cfg_options']
+__all__ = ['CfgOptionError', 'CfgOptionsAction', 'ConfigFileError', 'merge_cfg_options',
+           'read_config']
 
 _EXAMPLE = 'e.g. --cfg-options model.decode_head.num_classes=20 train_cfg.max_iters=100'
 
@@ -26,6 +31,25 @@ class CfgOptionError(KeyError):
 
     def __str__(self) -> str:  # a KeyError would print its message quoted
         return str(self.args[0]) if self.args else ''
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be read; the message names the file."""
+
+
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)``; raises :class:`ConfigFileError` naming ``path``."""
+    try:
+        return Config.fromfile(path)
+    except SyntaxError as e:
+        raise ConfigFileError(f'config {path}: syntax error: {e.msg} (line {e.lineno} of '
+                              f'{e.filename if e.filename not in (None, "<unknown>") else path}'
+                              ')') from e
+    except FileNotFoundError as e:
+        raise ConfigFileError(f'config {path}: {e.filename} does not exist (a _base_ file it '
+                              'inherits?)') from e
+    except Exception as e:  # noqa: BLE001 - NameError, ImportError... in the config's code
+        raise ConfigFileError(f'config {path} fails to load: {type(e).__name__}: {e}') from e
 
 
 class CfgOptionsAction(DictAction):
@@ -50,7 +74,12 @@ class CfgOptionsAction(DictAction):
                     self, f'{item!r}: the key {key!r} is empty or has an empty part '
                     f"(write dotted keys like model.neck.num_tokens, no spaces around '='); "
                     f'{_EXAMPLE}')
-        super().__call__(parser, namespace, values, option_string)
+        try:
+            super().__call__(parser, namespace, values, option_string)
+        except (AssertionError, ValueError) as err:  # e.g. "Imbalanced brackets exist in"
+            raise argparse.ArgumentError(
+                self, f'{err}; quote list values and write them without spaces, e.g. '
+                "'model.neck.in_channels=[64,128,256,512]'") from None
 
 
 def _suggest(name: str, choices) -> str:

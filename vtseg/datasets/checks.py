@@ -196,14 +196,20 @@ def check_data_cfg(cfg: Config,
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m vtseg.datasets.checks CONFIG``: exit 0, or one ``error:`` line and 2."""
-    from ..cli import ArgumentParser, CfgOptionsAction, config_file, merge_cfg_options
+    from ..cli import (
+        ArgumentParser,
+        CfgOptionsAction,
+        config_file,
+        merge_cfg_options,
+        read_config,
+    )
 
     parser = ArgumentParser(description='Check the dataset folders of a config.')
     parser.add_argument('config', type=config_file)
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, default={})
 
     def run(args: argparse.Namespace) -> int:
-        cfg = merge_cfg_options(Config.fromfile(args.config), args.cfg_options)
+        cfg = merge_cfg_options(read_config(args.config), args.cfg_options)
         for key, n in check_data_cfg(cfg).items():
             print(f'{key}: {n} samples')
         return 0

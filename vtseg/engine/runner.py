@@ -19,7 +19,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from ..cli.arguments import check_work_dir
-from ..cli.cfg_options import merge_cfg_options
+from ..cli.cfg_options import merge_cfg_options, read_config
 from .dist import setup_distributed
 
 __all__ = ['load_config', 'prepare_train_cfg', 'prepare_test_cfg', 'enable_amp',
@@ -39,7 +39,7 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Conf
     if not osp.isfile(path):
         raise FileNotFoundError(f'config file {path!r} does not exist; pass the path of a '
                                 'config, e.g. configs/demo/fpn_r18_vtdemo.py')
-    cfg = Config.fromfile(path)
+    cfg = read_config(path)  # errors name the file
     return merge_cfg_options(cfg, cfg_options)  # a mistyped key is an error, not a new key
 
 
