@@ -6,10 +6,18 @@ Drop-in replacements for ``LoadImageFromFile`` (mmcv) and ``LoadAnnotations`` (m
   naming the file (mmcv's image loader names it, but mmseg's label loader fails with
   ``OSError: image file is truncated`` or ``'NoneType' object has no attribute 'squeeze'``);
 * a label map whose size differs from its image's is an error too (mmseg would crop both
-  with the image's size and fail or mislabel pixels later, far from the cause);
+  with the image's size, or a resize that ignores the aspect ratio would stretch it to fit,
+  and fail or mislabel pixels later, far from the cause);
+* the label map is checked as decoded, before mmseg's cast to 8 bits: an RGB label, a
+  16-bit label with values above 255 (which the cast wraps to other classes) or floats are
+  errors;
 * with ``num_classes`` set, label values outside ``0..num_classes-1`` (other than
   ``ignore_index``) are an error: otherwise the loss fails with an index error, or a CUDA
-  device-side assert, that names no file.
+  device-side assert, that names no file, and at test time mmseg's ``IoUMetric`` drops
+  those pixels and reports a metric;
+* an image with a side under ``min_size`` pixels (default 8; a 1x1 "image") is an error.
+
+Every shipped config uses them (``configs/_base_/datasets/*.py``, ``configs/demo``).
 
 ``on_error='skip'`` turns these errors into a logged warning and returns ``None``, which
 mmengine's ``BaseDataset.__getitem__`` answers by drawing another sample (up to
