@@ -37,6 +37,12 @@ def _tool(name: str):
     return module
 
 
+@pytest.fixture(autouse=True)
+def _local_rank(monkeypatch):
+    """tools/train.py sets LOCAL_RANK when it is absent; undo that after each test."""
+    monkeypatch.setenv('LOCAL_RANK', '0')
+
+
 def _errors(text: str):
     return [line for line in text.splitlines() if line.startswith('error:')]
 

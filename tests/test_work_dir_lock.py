@@ -137,7 +137,8 @@ def test_lock_from_another_host_is_respected(tmp_path):
         acquire_work_dir(str(tmp_path / 'w'))
 
 
-def test_tools_train_refuses_a_work_dir_in_use_with_one_error_line(tmp_path, capsys):
+def test_tools_train_refuses_a_work_dir_in_use_with_one_error_line(tmp_path, capsys,
+                                                                   monkeypatch):
     import importlib.util
 
     from vtseg.datasets.demo import generate_demo_data
@@ -148,6 +149,7 @@ def test_tools_train_refuses_a_work_dir_in_use_with_one_error_line(tmp_path, cap
     train_tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_tool)
     work = tmp_path / 'work'
+    monkeypatch.setenv('LOCAL_RANK', '0')  # else the tool sets it for this process
     holder = _holder(work)
     try:
         code = train_tool.main(
