@@ -3,6 +3,7 @@ tools/visualize_attention.py, on tiny mmseg models built here."""
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import mmcv
@@ -434,24 +435,25 @@ def test_tool_vtfpn_random_weights_writes_documented_files(tmp_path, capsys):
             assert 0 < r['entropy'] <= r['uniform'] + 1e-9
 
 
-def test_tool_rejects_model_without_vt_modules(tmp_path):
+def test_tool_rejects_model_without_vt_modules(tmp_path, capsys):
     image = tmp_path / 'a.png'
     mmcv.imwrite(_image(40, 40), str(image))
-    with pytest.raises(SystemExit) as err:
-        tool.main([_write(tmp_path, _model_cfg(neck='FPN')), str(image),
-                   '--out-dir', str(tmp_path / 'out')])
-    assert 'no visual-token modules' in str(err.value) and 'neck=FPN' in str(err.value)
+    assert tool.main([_write(tmp_path, _model_cfg(neck='FPN')), str(image),
+                      '--out-dir', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert 'no visual-token modules' in err and 'neck=FPN' in err
     assert not (tmp_path / 'out').exists()
 
 
-def test_tool_rejects_missing_inputs(tmp_path):
+def test_tool_rejects_missing_inputs(tmp_path, capsys):
     cfg = _write(tmp_path, _model_cfg())
-    with pytest.raises(SystemExit, match='IMAGE_OR_FOLDER .* does not exist'):
-        tool.main([cfg, str(tmp_path / 'nope.png'), '--out-dir', str(tmp_path)])
+    assert tool.main([cfg, str(tmp_path / 'nope.png'), '--out-dir', str(tmp_path)]) == 2
+    assert re.search('error: IMAGE_OR_FOLDER .* does not exist', capsys.readouterr().err)
     image = tmp_path / 'a.png'
     mmcv.imwrite(_image(40, 40), str(image))
-    with pytest.raises(SystemExit, match='CHECKPOINT .* does not exist'):
-        tool.main([cfg, str(tmp_path / 'nope.pth'), str(image), '--out-dir', str(tmp_path)])
+    assert tool.main([cfg, str(tmp_path / 'nope.pth'), str(image),
+                      '--out-dir', str(tmp_path)]) == 2
+    assert re.search('error: argument CHECKPOINT: .* does not exist', capsys.readouterr().err)
 
 
 def _jet_index(picture):

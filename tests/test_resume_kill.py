@@ -50,6 +50,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     cfg = train_cfg(data, 'unused', max_iters=MAX_ITERS, interval=INTERVAL,
                     schedule=MAX_ITERS)
     cfg.pop('experiment_name')
+    cfg.custom_hooks = [dict(type='WorkDirLockHook')]  # as configs/_base_/default_runtime.py
     cfg.dump(str(tmp_path / 'cfg.py'))
     full, killed = str(tmp_path / 'full'), str(tmp_path / 'killed')
 
@@ -65,10 +66,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGKILL, 'the run ended before it was killed'
     saved = sorted(f for f in os.listdir(killed) if f.endswith('.pth'))
     assert saved and f'iter_{MAX_ITERS}.pth' not in saved, saved  # killed mid-run
+    assert osp.exists(osp.join(killed, '.vtseg_train.lock'))  # left behind by the kill
 
     resumed = subprocess.run(_command(tmp_path, killed, '--resume'), env=_env(), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]  # stale lock taken over
+    assert not osp.exists(osp.join(killed, '.vtseg_train.lock'))
 
     a = torch.load(osp.join(full, f'iter_{MAX_ITERS}.pth'), map_location='cpu')
     b = torch.load(osp.join(killed, f'iter_{MAX_ITERS}.pth'), map_location='cpu')

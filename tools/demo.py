@@ -21,39 +21,39 @@ from pathlib import Path
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import vtseg  # noqa: E402,F401
+from vtseg.cli import ArgumentParser, positive_int, work_dir  # noqa: E402
 from vtseg.demo import run_demo  # noqa: E402
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train and compare FPN and VT-FPN on the '
-                                     'synthetic VTDemo set')
-    parser.add_argument('--work-dir', default='work_dirs/demo',
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description='Train and compare FPN and VT-FPN on the '
+                            'synthetic VTDemo set')
+    parser.add_argument('--work-dir', default='work_dirs/demo', type=work_dir,
                         help='checkpoints, logs and metrics go to WORK_DIR/{fpn,vtfpn}')
     parser.add_argument('--data-root', default='data/vtdemo',
                         help='where the demo set is generated (skipped if complete)')
-    parser.add_argument('--iters', type=int, default=None,
+    parser.add_argument('--iters', type=positive_int, default=None,
                         help='training iterations per model (default: the configs\' 1000)')
-    parser.add_argument('--num-train', type=int, default=1000, help='training images')
-    parser.add_argument('--num-val', type=int, default=200, help='validation images')
+    parser.add_argument('--num-train', type=positive_int, default=1000, help='training images')
+    parser.add_argument('--num-val', type=positive_int, default=200, help='validation images')
     parser.add_argument('--seed', type=int, default=0, help='data set seed')
-    parser.add_argument('--repeats', type=int, default=30,
+    parser.add_argument('--repeats', type=positive_int, default=30,
                         help='interleaved timing repeats per model (median reported)')
     parser.add_argument('--retrain', action='store_true',
                         help='train even if a checkpoint for the same config exists')
-    return parser.parse_args()
+    return parser
 
 
-def main() -> int:
-    args = parse_args()
-    try:
-        run_demo(work_dir=args.work_dir, data_root=args.data_root, num_train=args.num_train,
-                 num_val=args.num_val, seed=args.seed, iters=args.iters,
-                 repeats=args.repeats, retrain=args.retrain,
-                 root=str(Path(__file__).resolve().parents[1]))
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+def demo(args: argparse.Namespace) -> int:
+    run_demo(work_dir=args.work_dir, data_root=args.data_root, num_train=args.num_train,
+             num_val=args.num_val, seed=args.seed, iters=args.iters,
+             repeats=args.repeats, retrain=args.retrain,
+             root=str(Path(__file__).resolve().parents[1]))
     return 0
+
+
+def main(argv=None) -> int:
+    return build_parser().run(demo, argv)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from vtseg.analysis.config_model import DictAction, build_model_from_config, load_config
+from vtseg.analysis.config_model import build_model_from_config, load_config
 from vtseg.analysis.flops import format_complexity, model_complexity
 from vtseg.analysis.paper_tables import (
     PAPER_TABLES_9_10,
@@ -24,15 +24,23 @@ from vtseg.analysis.paper_tables import (
     measure_paper_tables,
 )
 from vtseg.analysis.table8 import format_table8, table8_rows
+from vtseg.cli import (
+    ArgumentParser,
+    CfgOptionsAction,
+    CLIError,
+    config_file,
+    device,
+    positive_int,
+)
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', nargs='?', help='config file')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', nargs='?', type=config_file, help='config file')
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='input size (default: the paper size for the paper configs, '
                         'else the config\'s crop_size)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, default={},
                         help='override config entries, e.g. model.neck.num_tokens=16')
     parser.add_argument('--paper-tables', action='store_true',
                         help='build the eight models of Tables 9 and 10 and print the '
@@ -44,12 +52,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--config-dir',
                         default=os.path.relpath(Path(__file__).resolve().parents[1] / 'configs'),
                         help='where --paper-tables finds the configs (default: %(default)s)')
-    parser.add_argument('--device', default='cpu', help='device of the counting pass')
+    parser.add_argument('--device', default='cpu', type=device,
+                        help='device of the counting pass')
+    return parser
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.config) + args.paper_tables + args.table8 != 1:
         parser.error('give either a CONFIG or --paper-tables or --table8 (exactly one)')
-    if args.shape is not None and min(args.shape) <= 0:
-        parser.error(f'--shape needs two positive sizes H W, got {args.shape}')
     return args
 
 
@@ -60,12 +72,11 @@ def default_shape(config: str, cfg) -> Tuple[int, int]:
             return row.input_shape
     crop = cfg.get('crop_size')
     if crop is None:
-        raise SystemExit(f'{config} defines no crop_size: pass the input size with --shape H W')
+        raise CLIError(f'{config} defines no crop_size: pass the input size with --shape H W')
     return int(crop[0]), int(crop[1])
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     if args.table8:
         print(format_table8(table8_rows()))
         return
@@ -84,5 +95,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(format_complexity(model_complexity(model, shape)))
 
 
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return build_parser().run(lambda _: run(parse_args(argv)), argv)
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

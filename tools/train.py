@@ -10,20 +10,19 @@ Examples::
 import argparse
 import os
 import sys
-
-from mmengine.config import DictAction
+from typing import Optional, Sequence
 
 import vtseg  # noqa: F401  (registers vtseg; checkpoints load under torch>=2.6)
-from vtseg.checkpoint import CheckpointError, CheckpointMismatchError
+from vtseg.cli import ArgumentParser, CfgOptionsAction, config_file, work_dir
 from vtseg.datasets import check_data_cfg
-from vtseg.engine import ModelConfigError, build_runner, prepare_train_cfg
+from vtseg.engine import build_runner, prepare_train_cfg
 from vtseg.engine.dist import LAUNCHERS, finish_distributed
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train a segmentor')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description='Train a segmentor')
+    parser.add_argument('config', type=config_file, help='train config file path')
+    parser.add_argument('--work-dir', type=work_dir, help='the dir to save logs and models')
     parser.add_argument(
         '--resume', action='store_true', default=False,
         help='resume from the latest checkpoint in the work_dir automatically')
@@ -32,7 +31,7 @@ def parse_args() -> argparse.Namespace:
         help='enable automatic-mixed-precision training (float16 on GPUs, bfloat16 '
         'autocast on the CPU)')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', action=CfgOptionsAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy '
         'format will be merged into config file. If the value to be overwritten is a '
         'list, it should be like key="[a,b]" or key=a,b. It also allows nested '
@@ -42,31 +41,27 @@ def parse_args() -> argparse.Namespace:
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank;
     # torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def train(args: argparse.Namespace) -> int:
+    """Everything after parsing; any error becomes one ``error:`` line (vtseg.cli)."""
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
-
-
-def main() -> int:
-    args = parse_args()
-    try:
-        cfg = prepare_train_cfg(args.config, work_dir=args.work_dir, resume=args.resume,
-                                amp=args.amp, cfg_options=args.cfg_options,
-                                launcher=args.launcher)
-        check_data_cfg(cfg)  # dataset folders exist and hold matching images and labels
-        # The checkpoint hooks the config declares check their arguments here.
-        runner = build_runner(cfg)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
-    try:  # what the config's hooks refuse before the first iteration, as one line
-        runner.train()
-    except (CheckpointError, CheckpointMismatchError, ModelConfigError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+    cfg = prepare_train_cfg(args.config, work_dir=args.work_dir, resume=args.resume,
+                            amp=args.amp, cfg_options=args.cfg_options,
+                            launcher=args.launcher)
+    check_data_cfg(cfg)  # dataset folders exist and hold matching images and labels
+    # The hooks the config declares (safe checkpoints, load report, model check, work-dir
+    # lock) check their arguments when the Runner is built and before the first iteration.
+    runner = build_runner(cfg)
+    runner.train()
     finish_distributed()  # gloo runs: let every rank finish, then leave
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return build_parser().run(train, argv)
 
 
 if __name__ == '__main__':

@@ -21,3 +21,7 @@ load_from = None
 resume = False
 
 tta_model = dict(type='SegTTAModel')
+# vtseg (docs/reliability.md): one training run per work_dir; heads, label loaders and
+# dataset agree on the class count; skipped bad samples are counted. Keep these three when
+# a config sets custom_hooks.
+custom_hooks = [dict(type='WorkDirLockHook'), dict(type='ClassCountCheckHook'), dict(type='SkippedSamplesHook')]

@@ -54,28 +54,36 @@ model = dict(
 # Data: 96x96 PNGs; flips keep every cue (the beacon stays in the image).
 dataset_type = 'VTDemoDataset'
 data_root = 'data/vtdemo'
+# Checked loaders (vtseg.datasets.loading, docs/reliability.md): a sample whose label map
+# differs in size from its image (checked on the files as decoded, before any resize), is
+# RGB, 16-bit above 255 or holds values beyond the classes, or an image under 8 pixels on a
+# side, raises BadSampleError naming the file, in training and in testing. To skip such
+# samples in training instead (counted and listed at the end), set on_error='skip' in the
+# first two transforms of train_pipeline.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', num_classes=num_classes),
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='RandomFlip', prob=0.5, direction='vertical'),
     dict(type='PackSegInputs'),
 ]
 test_pipeline = [
+    # mmcv's loader: mmseg's inference API looks it up by this name; the label loader
+    # below checks the image size and the label against it.
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadAnnotations', num_classes=num_classes),
     dict(type='PackSegInputs'),
 ]
 # --tta: flips only. mmseg's usual rescaling (0.5-1.75) would change what decides
 # disc_large vs disc_small (the radius), so it is not a valid augmentation here.
 tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='CheckedLoadImageFromFile', backend_args=None),
     dict(
         type='TestTimeAug',
         transforms=[
             [dict(type='RandomFlip', prob=0., direction='horizontal'),
              dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='LoadAnnotations')],
+            [dict(type='CheckedLoadAnnotations', num_classes=num_classes)],
             [dict(type='PackSegInputs')],
         ])
 ]

@@ -15,6 +15,8 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 from torch import nn
 
+from ..cli.cfg_options import merge_cfg_options, read_config
+
 __all__ = ['load_config', 'disable_pretrained', 'build_model_from_config', 'DictAction']
 
 
@@ -33,9 +35,8 @@ def load_config(config: Union[str, Path, Config],
         if not path.is_file():
             raise FileNotFoundError(f'config file {str(path)!r} does not exist; pass the path '
                                     'of a config, e.g. configs/fpn_r50_lip.py')
-        cfg = Config.fromfile(str(path))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        cfg = read_config(str(path))
+    merge_cfg_options(cfg, cfg_options)  # a mistyped key is an error, not a new key
     if 'model' not in cfg:
         raise KeyError(f'config {getattr(cfg, "filename", config)!r} defines no `model`')
     return cfg

@@ -20,7 +20,7 @@ import os.path as osp
 import sys
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
 __all__ = ['DatasetNotFoundError', 'PREPARE_HINTS', 'check_data_cfg', 'check_dataset_cfg']
 
@@ -195,20 +195,26 @@ def check_data_cfg(cfg: Config,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description='Check the dataset folders of a config.')
-    parser.add_argument('config')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
-    args = parser.parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
-    try:
-        counts = check_data_cfg(cfg)
-    except DatasetNotFoundError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    for key, n in counts.items():
-        print(f'{key}: {n} samples')
-    return 0
+    """``python -m vtseg.datasets.checks CONFIG``: exit 0, or one ``error:`` line and 2."""
+    from ..cli import (
+        ArgumentParser,
+        CfgOptionsAction,
+        config_file,
+        merge_cfg_options,
+        read_config,
+    )
+
+    parser = ArgumentParser(description='Check the dataset folders of a config.')
+    parser.add_argument('config', type=config_file)
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, default={})
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = merge_cfg_options(read_config(args.config), args.cfg_options)
+        for key, n in check_data_cfg(cfg).items():
+            print(f'{key}: {n} samples')
+        return 0
+
+    return parser.run(run, argv)
 
 
 if __name__ == '__main__':

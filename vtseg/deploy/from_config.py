@@ -117,9 +117,11 @@ def load_segmentor(config: Any, checkpoint: Optional[str],
     import vtseg  # noqa: F401, PLC0415  (registers vtseg, checkpoint loading under torch>=2.6)
 
     from ..analysis.config_model import disable_pretrained, load_config  # noqa: PLC0415
-    from ..engine.load_report import compare_state_dicts  # noqa: PLC0415
-    from ..engine.safe_checkpoint import check_checkpoint_file  # noqa: PLC0415
-    from ..utils.checkpoint import load_checkpoint  # noqa: PLC0415
+    from ..checkpoint import (  # noqa: PLC0415
+        check_checkpoint_file,
+        compare_state_dicts,
+        load_checkpoint,
+    )
 
     cfg = load_config(config, cfg_options)
     _check_model_cfg(cfg)
@@ -158,7 +160,7 @@ def load_segmentor(config: Any, checkpoint: Optional[str],
 
 
 def _differences(report, listed: int = 3) -> str:
-    """A one-line account of a :class:`CheckpointLoadReport` that is not exact."""
+    """A one-line account of a :class:`~vtseg.checkpoint.StateDictReport` that is not exact."""
     parts = []
     if report.shape_mismatch:
         items = list(report.shape_mismatch.items())

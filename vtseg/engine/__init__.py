@@ -1,10 +1,11 @@
 """Training and testing machinery behind ``tools/``: CPU/GPU distributed set-up, mixed
-precision on the CPU, config preparation as mmseg's tools do it, the pre-flight forward.
+precision on the CPU, config preparation as mmseg's tools do it, the pre-flight forward,
+one training run per work dir.
 
 Importing it registers :class:`CPUDistributedDataParallel` (mmengine ``MODEL_WRAPPERS``),
-:class:`BF16OptimWrapper` (mmengine ``OPTIM_WRAPPERS``) and :class:`ClassIoUMetric`
-(mmseg ``METRICS``) and :class:`ModelCheckHook` (mmseg ``HOOKS``). The checkpoint hooks
-live in :mod:`vtseg.checkpoint`.
+:class:`BF16OptimWrapper` (mmengine ``OPTIM_WRAPPERS``), :class:`ClassIoUMetric`
+(mmseg ``METRICS``), :class:`ModelCheckHook` and :class:`WorkDirLockHook` (mmseg
+``HOOKS``). The checkpoint hooks live in :mod:`vtseg.checkpoint`.
 """
 from .dist import init_cpu_dist, setup_distributed
 from .metrics import ClassIoUMetric
@@ -19,8 +20,10 @@ from .runner import (
                      prepare_train_cfg,
                      read_test_metrics,
 )
+from .work_dir_lock import WorkDirInUseError, WorkDirLockHook
 
 __all__ = ['BF16OptimWrapper', 'CPUDistributedDataParallel', 'ClassIoUMetric',
            'build_runner', 'enable_amp', 'init_cpu_dist', 'load_config', 'prepare_test_cfg',
            'prepare_train_cfg', 'read_test_metrics', 'setup_distributed',
-           'ModelCheckHook', 'ModelConfigError', 'check_model_forward']
+           'ModelCheckHook', 'ModelConfigError', 'check_model_forward', 'WorkDirInUseError',
+           'WorkDirLockHook']

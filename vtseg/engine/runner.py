@@ -18,6 +18,8 @@ from mmengine.device import is_cuda_available, is_mlu_available, is_npu_availabl
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from ..cli.arguments import check_work_dir
+from ..cli.cfg_options import merge_cfg_options, read_config
 from .dist import setup_distributed
 
 __all__ = ['load_config', 'prepare_train_cfg', 'prepare_test_cfg', 'enable_amp',
@@ -32,14 +34,13 @@ def _gpu_amp_available() -> bool:
 
 
 def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Config:
-    """Read a config file and merge ``--cfg-options`` into it."""
+    """Read a config file and merge ``--cfg-options`` into it (keys checked, see
+    :func:`vtseg.cli.merge_cfg_options`)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'config file {path!r} does not exist; pass the path of a '
                                 'config, e.g. configs/demo/fpn_r18_vtdemo.py')
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
+    cfg = read_config(path)  # errors name the file
+    return merge_cfg_options(cfg, cfg_options)  # a mistyped key is an error, not a new key
 
 
 def _set_work_dir(cfg: Config, config_path: str, work_dir: Optional[str]) -> None:
@@ -48,6 +49,7 @@ def _set_work_dir(cfg: Config, config_path: str, work_dir: Optional[str]) -> Non
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    check_work_dir(cfg.work_dir)  # a file there would fail in mmengine as "File exists"
 
 
 def enable_amp(cfg: Config) -> Config:

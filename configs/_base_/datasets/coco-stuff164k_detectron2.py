@@ -6,9 +6,16 @@
 # data/coco_stuff164k/annotations/{train,val}2017/*_labelTrainIds.png.
 dataset_type = 'COCOStuffDataset'
 data_root = 'data/coco_stuff164k'
+num_classes = 171  # mmseg's COCOStuffDataset; 255 is ignored
+# Checked loaders (vtseg.datasets.loading, docs/reliability.md): a sample whose label map
+# differs in size from its image (checked on the files as decoded, before any resize), is
+# RGB, 16-bit above 255 or holds values beyond the classes, or an image under 8 pixels on a
+# side, raises BadSampleError naming the file, in training and in testing. To skip such
+# samples in training instead (counted and listed at the end), set on_error='skip' in the
+# first two transforms of train_pipeline.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', num_classes=num_classes),
     # detectron2 INPUT.MIN_SIZE_TRAIN=(640, 672, ..., 800), MAX_SIZE_TRAIN=1333,
     # sampling 'choice': short side drawn from the list, long side capped at 1333.
     dict(
@@ -24,17 +31,19 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
+    # mmcv's loader: mmseg's inference API looks it up by this name; the label loader
+    # below checks the image size and the label against it.
     dict(type='LoadImageFromFile'),
     # detectron2 INPUT.MIN_SIZE_TEST=800, MAX_SIZE_TEST=1333 (mmseg's base: 2048x512).
     dict(type='ResizeShortestEdge', scale=800, max_size=1333),
     # add loading annotation after ``Resize`` because ground truth
     # does not need to do resize data transform
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadAnnotations', num_classes=num_classes),
     dict(type='PackSegInputs')
 ]
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='CheckedLoadImageFromFile', backend_args=None),
     dict(
         type='TestTimeAug',
         transforms=[
@@ -45,7 +54,8 @@ tta_pipeline = [
             [
                 dict(type='RandomFlip', prob=0., direction='horizontal'),
                 dict(type='RandomFlip', prob=1., direction='horizontal')
-            ], [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]
+            ], [dict(type='CheckedLoadAnnotations', num_classes=num_classes)],
+            [dict(type='PackSegInputs')]
         ])
 ]
 train_dataloader = dict(

@@ -4,15 +4,22 @@
 # data/LIP/{train,val}_segmentations/*.png; labels 0 (background) .. 19, 255 ignored.
 dataset_type = 'LIPDataset'
 data_root = 'data/LIP'
+num_classes = 20  # background + 19 parts (mmseg's LIPDataset)
 # 473x473 is the standard LIP resolution (CE2P, HRNetV2, SCHP) and the size of the paper's
 # LIP FLOPs (Table 10); the paper gives no crop size.
 crop_size = (473, 473)
 # LIP's left/right part pairs: Left-/Right-arm, -leg, -shoe. A horizontal flip must swap
 # them or the flipped label is wrong.
 left_right_pairs = [(14, 15), (16, 17), (18, 19)]
+# Checked loaders (vtseg.datasets.loading, docs/reliability.md): a sample whose label map
+# differs in size from its image (checked on the files as decoded, before any resize), is
+# RGB, 16-bit above 255 or holds values beyond the classes, or an image under 8 pixels on a
+# side, raises BadSampleError naming the file, in training and in testing. To skip such
+# samples in training instead (counted and listed at the end), set on_error='skip' in the
+# first two transforms of train_pipeline.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadImageFromFile'),
+    dict(type='CheckedLoadAnnotations', num_classes=num_classes),
     # LIP images are person crops of many aspect ratios, mostly under 473 px. Like the LIP
     # recipes (CE2P, HRNetV2) each image is warped to 473x473 (keep_ratio=False) and
     # scaled by a random factor in [0.75, 1.25] (CE2P's scale_factor=0.25); mmseg's
@@ -30,13 +37,15 @@ train_pipeline = [
     dict(type='PackSegInputs')
 ]
 test_pipeline = [
+    # mmcv's loader: mmseg's inference API looks it up by this name; the label loader
+    # below checks the image size and the label against it.
     dict(type='LoadImageFromFile'),
     # Every image is evaluated at 473x473 (the paper's FLOPs size); mmseg resizes the
     # prediction back to the original image before computing IoU.
     dict(type='Resize', scale=crop_size, keep_ratio=False),
     # add loading annotation after ``Resize`` because ground truth
     # does not need to do resize data transform
-    dict(type='LoadAnnotations'),
+    dict(type='CheckedLoadAnnotations', num_classes=num_classes),
     dict(type='PackSegInputs')
 ]
 # Multi-scale + flip test-time augmentation (`tools/test.py --tta`). Caution: mmseg's
@@ -44,7 +53,7 @@ test_pipeline = [
 # back, so flip TTA mixes Left-arm with Right-arm etc. Use the scales alone for LIP.
 img_ratios = [0.75, 1.0, 1.25]
 tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='CheckedLoadImageFromFile', backend_args=None),
     dict(
         type='TestTimeAug',
         transforms=[
@@ -52,7 +61,7 @@ tta_pipeline = [
                 dict(type='Resize', scale=(int(473 * r), int(473 * r)), keep_ratio=False)
                 for r in img_ratios
             ],
-            [dict(type='LoadAnnotations')],
+            [dict(type='CheckedLoadAnnotations', num_classes=num_classes)],
             [dict(type='PackSegInputs')],
         ])
 ]
