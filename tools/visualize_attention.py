@@ -181,7 +181,6 @@ def build_model(config: str, checkpoint: Optional[str], device: str, cfg_options
 
     from vtseg.apis import init_model  # refuses checkpoints that do not fit the model
     from vtseg.checkpoint import CheckpointError, CheckpointMismatchError
-
     from vtseg.cli import merge_cfg_options, read_config
 
     cfg = merge_cfg_options(read_config(config), cfg_options)
