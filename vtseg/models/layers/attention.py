@@ -76,13 +76,15 @@ def explicit_attention(model: nn.Module) -> Iterator[nn.Module]:
             m.fused_attn = fused
 
 
-#: Fewer queries than this per (batch, head) do not fill one query block of SDPA's kernels.
-FEW_QUERIES = 32
+#: Attention with at most this many queries or keys relates tokens to pixels (a few tokens
+#: against a whole map); its weights are no larger than a few feature-map channels.
+FEW_TOKENS = 32
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
-              softmax: Optional[nn.Module] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """``softmax(q k^T * scale) v`` on the fused or the explicit path.
+              softmax: Optional[nn.Module] = None,
+              residual: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """``residual + softmax(q k^T * scale) v`` on the fused or the explicit path.
 
     Args:
         q: queries.
@@ -92,13 +94,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
         fused: use the fused path (see below).
         softmax: the block's ``attn_softmax`` module (softmax over the last dimension);
             the explicit path runs the weights through it so hooks can read them.
+        residual: added to the output (the projector's ``X_in``), or ``None``.
 
-    The fused path runs :func:`~torch.nn.functional.scaled_dot_product_attention`, whose
-    CPU and CUDA kernels split the work over batch x heads x blocks of queries. Attention
-    of a handful of queries over a long key sequence (a tokenizer's L tokens over the
-    pixels) would fill one block on one core, so below :data:`FEW_QUERIES` queries over
-    more keys than queries the fused path runs the two products as GEMMs over the long
-    key axis instead (``k q^T``, then ``A v``), without materialising anything larger.
+    The fused path runs :func:`~torch.nn.functional.scaled_dot_product_attention` for
+    attention among tokens. Attention between a few tokens and a whole feature map (at
+    most :data:`FEW_TOKENS` queries over more keys, or keys for more queries: the
+    tokenizers and the projector) it runs as two GEMMs over the long pixel axis, which is
+    what their shapes need on CPU and GPU alike: SDPA's kernels split the work over blocks
+    of queries, so a tokenizer's L queries would run as one block on one core, and the
+    (N, L) weights of a projector are no larger than L channels of the map, while the
+    second GEMM can add the residual as it writes its output (one pass over the map
+    instead of two).
 
     Returns:
         ``(out, weights)``: ``weights`` are the (..., N_q, N_k) attention weights on the
@@ -106,12 +112,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
 
     Shape:
         - q: (B..., N_q, d), k: (B..., N_k, d), v: (B..., N_k, d_v)
-        - out: (B..., N_q, d_v)
+        - residual: shaped like out, (B..., N_q, d_v)
     """
     n_q, n_k = q.shape[-2], k.shape[-2]
-    if fused and not (n_q < FEW_QUERIES and n_k > n_q):
-        return F.scaled_dot_product_attention(q, k, v, scale=scale), None
-    if fused:  # few queries: logits as (N_k, N_q) with the long key axis contiguous
+    few_queries = n_q <= FEW_TOKENS < n_k
+    few_keys = n_k <= FEW_TOKENS < n_q
+    if fused and not (few_queries or few_keys):
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return (out if residual is None else residual + out), None
+    if fused and few_queries:  # (N_k, N_q) logits: the long key axis is the GEMM's rows
         logits = torch.matmul(k, q.transpose(-2, -1)).transpose(-2, -1)  # (B..., N_q, N_k)
     else:
         logits = torch.matmul(q, k.transpose(-2, -1))  # q k^T: (B..., N_q, N_k)
@@ -124,4 +133,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
         weights = logits.softmax(-1).to(v.dtype)
     else:
         weights = softmax(logits).to(v.dtype)
-    return torch.matmul(weights, v), (None if fused else weights)  # A v
+    if residual is None:
+        out = torch.matmul(weights, v)  # A v
+    elif fused:  # residual + A v as one GEMM writing its output once
+        batch = weights.shape[:-2]
+        out = torch.baddbmm(residual.reshape(-1, *residual.shape[-2:]),
+                            weights.reshape(-1, *weights.shape[-2:]),
+                            v.expand(*batch, *v.shape[-2:]).reshape(-1, *v.shape[-2:]))
+        out = out.view(*batch, *out.shape[-2:])
+    else:
+        out = residual + torch.matmul(weights, v)  # residual + A v
+    return out, (None if fused else weights)

@@ -42,7 +42,7 @@ class Projector(nn.Module):
 
     Shape:
         - x: (B, C, H, W), tokens: (B, L, C_T)
-        - returns (B, C, H, W), in ``x``'s memory format
+        - returns (B, C, H, W), channels_last in memory (the pixel-sequence layout)
     """
 
     def __init__(self, in_channels: int, token_channels: int, *,
@@ -82,7 +82,8 @@ class Projector(nn.Module):
         else:
             queries, scale = self.query(pixels), self.scale  # X W_Q: (B, N, d)
         values = self.value(tokens)  # T W_V: (B, L, C)
-        # softmax_L(queries keys^T) T W_V  (B, 1, N, .) x (B, 1, L, .) -> (B, 1, N, C)
-        read, _ = attention(queries[:, None], keys[:, None], values[:, None], scale=scale,
-                            fused=self.fused_attn, softmax=self.attn_softmax)
-        return x + unflatten_pixels(read[:, 0], h, w)  # X_in + ..., Eq. (5)
+        # X_in + softmax_L(queries keys^T) T W_V     (B, 1, N, .) x (B, 1, L, .) -> (B, 1, N, C)
+        out, _ = attention(queries[:, None], keys[:, None], values[:, None], scale=scale,
+                           fused=self.fused_attn, softmax=self.attn_softmax,
+                           residual=pixels[:, None])
+        return unflatten_pixels(out[:, 0], h, w)  # Eq. (5)
