@@ -151,36 +151,14 @@ def output_names(images: Sequence[Path]) -> List[str]:
             for p in images]
 
 
-def switch_off_pretrained(cfg) -> None:
-    """Drop every pretrained-weights reference (``init_cfg`` of type Pretrained and
-    ``pretrained=...``) from a model config, so that nothing is downloaded."""
-    def is_pretrained(init_cfg) -> bool:
-        items = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-        return any(isinstance(i, dict) and i.get('type') == 'Pretrained' for i in items)
-
-    def visit(node) -> None:
-        if isinstance(node, dict):
-            if node.get('pretrained') is not None:
-                node['pretrained'] = None
-            if is_pretrained(node.get('init_cfg')):
-                node['init_cfg'] = None
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                visit(value)
-
-    visit(cfg)
-
-
 def build_model(config: str, checkpoint: Optional[str], device: str, cfg_options: dict,
                 seed: int):
     """The segmentor of ``config`` in eval mode, with ``checkpoint`` or random weights."""
     import torch
     from mmengine.logging import MMLogger
 
+    from vtseg.analysis.config_model import disable_pretrained
     from vtseg.apis import init_model  # refuses checkpoints that do not fit the model
-    from vtseg.checkpoint import CheckpointError, CheckpointMismatchError
     from vtseg.cli import merge_cfg_options, read_config
 
     cfg = merge_cfg_options(read_config(config), cfg_options)
@@ -191,12 +169,10 @@ def build_model(config: str, checkpoint: Optional[str], device: str, cfg_options
               'backbone weights switched off, nothing is downloaded). The pictures show an '
               "untrained model's attention, not what a trained VT model learns.",
               file=sys.stderr, flush=True)
-        switch_off_pretrained(cfg.model)
+        disable_pretrained(cfg.model)
         torch.manual_seed(seed)
-    try:
-        model = init_model(cfg, checkpoint, device=device)
-    except (CheckpointError, CheckpointMismatchError) as err:
-        raise SystemExit(f'error: {err}') from None
+    # A checkpoint that does not fit raises CheckpointMismatchError: one error line.
+    model = init_model(cfg, checkpoint, device=device)
     if checkpoint is None:
         # The initialisation training starts from (e.g. VTFPN's Xavier lateral convs);
         # mmengine logs one line per parameter while doing it: keep the output readable.

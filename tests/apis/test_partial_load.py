@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, VTFPN, tiny_options
+from helpers import REPO, VTFPN, tiny_options
 from mmengine.config import Config
 
 from vtseg.apis import VTSegInferencer, init_model

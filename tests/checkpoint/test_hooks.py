@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, VTFPN, as_cli, mmseg_tool, run, tiny_options
+from helpers import REPO, VTFPN, as_cli, mmseg_tool, run, tiny_options
 from mmengine.config import Config
 from mmengine.hooks import CheckpointHook
 from mmengine.runner import Runner

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VTFPN, tiny_options
+from helpers import VTFPN, tiny_options
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 

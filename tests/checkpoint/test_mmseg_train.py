@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from conftest import ENV, VTFPN, as_cli, mmseg_tool, run, state, tiny_options
+from helpers import ENV, VTFPN, as_cli, mmseg_tool, run, state, tiny_options
 
 from vtseg.checkpoint import check_checkpoint_file
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import VTFPN, tiny_options
+from helpers import VTFPN, tiny_options
 from mmengine.config import Config
 from mmengine.runner import Runner
 

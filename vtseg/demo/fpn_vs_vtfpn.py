@@ -19,6 +19,7 @@ source tree it stops and says so (:func:`find_source_tree`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 __all__ = ['DemoModel', 'DEMO_MODELS', 'background_baseline', 'find_source_tree',
-           'time_interleaved', 'run_demo', 'format_table']
+           'run_demo', 'format_table']
 
 FINGERPRINT_FILE = 'demo_fingerprint.json'
 # Library warnings (deprecations in mmseg/mmengine) would bury the training logs.
@@ -231,26 +232,6 @@ def background_baseline(data_root: str, num_classes: int, split: str = 'val') ->
             'IoU': [float(v) for v in np.round(ret['IoU'] * 100, 2)]}
 
 
-@torch.no_grad()
-def time_interleaved(models: Dict[str, torch.nn.Module], inputs: torch.Tensor, *,
-                     repeats: int = 30, warmup: int = 3) -> Dict[str, List[float]]:
-    """Forward time in ms of each model, measured alternately so that load on the machine
-    affects all of them alike. Each repeat times every model once; the order alternates
-    between repeats. Report the median."""
-    names = list(models)
-    for module in models.values():
-        module.eval()
-        for _ in range(warmup):
-            module(inputs, mode='tensor')
-    times: Dict[str, List[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            models[name](inputs, mode='tensor')
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return times
-
-
 def measure(rows: Sequence[DemoModel], size: int, repeats: int) -> None:
     """Fill FLOPs, parameters and forward times of the trained models."""
     from ..analysis.flops import model_complexity
@@ -267,9 +248,14 @@ def measure(rows: Sequence[DemoModel], size: int, repeats: int) -> None:
     inputs = torch.randn(1, 3, size, size)
     print(f'\ntiming the forward pass: batch 1, {size}x{size}, {torch.get_num_threads()} '
           f'threads, {repeats} interleaved repeats', flush=True)
-    times = time_interleaved(models, inputs, repeats=repeats)
+    from ..analysis.benchmark import interleaved_times
+
+    with torch.no_grad():
+        times = interleaved_times({n: functools.partial(m, inputs, mode='tensor')
+                                   for n, m in models.items()},
+                                  warmup=3, repeats=repeats, device='cpu')
     for row in rows:
-        row.times_ms = times[row.name]
+        row.times_ms = [t * 1e3 for t in times[row.name]]
 
 
 def format_table(rows: Sequence[DemoModel], baseline: Dict, classes: Sequence[str],

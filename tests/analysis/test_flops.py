@@ -32,7 +32,7 @@ from vtseg.analysis.paper_tables import (
 )
 from vtseg.models.necks import VTFPN
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / 'configs'
 R50_CHANNELS = [256, 512, 1024, 2048]
 #: ResNet (caffe style, 7x7 stem) feature sizes at strides 4..32 for the paper's inputs.

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import as_cli, run, tiny_options
+from helpers import as_cli, run, tiny_options
 
 from vtseg.datasets.demo import generate_demo_data
 from vtseg.datasets.vtdemo_scenes import CLASSES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VTFPN = 'configs/demo/vtfpn_r18_vtdemo.py'
 # One thread per process, sleeping OpenMP waiters: fast and polite on a shared 2-core box.
 ENV = dict(os.environ, OMP_NUM_THREADS='1', OMP_WAIT_POLICY='PASSIVE',

@@ -11,7 +11,7 @@ from mmengine.runner import Runner
 import vtseg  # noqa: F401  (registers ClassCountCheckHook)
 from vtseg.datasets.class_check import ClassCountError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {'model.backbone.base_channels': 8, 'model.neck.in_channels': [8, 16, 32, 64],
         'model.neck.out_channels': 8, 'model.decode_head.channels': 8,
         'model.decode_head.in_channels': [8, 8, 8, 8]}

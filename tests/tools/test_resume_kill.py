@@ -19,9 +19,9 @@ import time
 
 import pytest
 import torch
-from test_reliability import make_lip, train_cfg
+from helpers import make_lip, train_cfg
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MAX_ITERS, INTERVAL = 16, 4
 
 TRAIN = osp.join(REPO, 'tools', 'train.py')

@@ -19,7 +19,7 @@ from vtseg.datasets import loading
 from vtseg.datasets.checks import _class_default
 from vtseg.datasets.loading import BadSampleError, skipped_samples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / 'configs').rglob('*.py')
                  if '_base_' not in p.parts)
 # One config per dataset recipe: LIP (resize ignoring the aspect ratio), COCO-Stuff, demo.

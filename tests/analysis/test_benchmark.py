@@ -23,7 +23,7 @@ from vtseg.analysis.benchmark import (
     scaling_exponents,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(sizes=[(64, 64)], modes=['neck'],
             forms=['eager', 'channels_last', 'optimized', 'onnxruntime'],
             warmup=0, repeats=1, batch=2, throughput_sizes=[(64, 64)], train_sizes=[],

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_options
+from helpers import tiny_options
 from mmseg.apis import MMSegInferencer, inference_model, init_model
 
 from vtseg.datasets.demo import generate_demo_data

@@ -25,7 +25,7 @@ from vtseg.cli import (
     run_main,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VTFPN = 'configs/demo/vtfpn_r18_vtdemo.py'
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 

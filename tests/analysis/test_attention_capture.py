@@ -32,7 +32,7 @@ from vtseg.analysis.attention import (
 from vtseg.models.layers import FilterTokenizer, Projector, RecurrentTokenizer, TokenTransformer
 from vtseg.visualization import colorize, grid_layout, grid_size, overlay
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NUM_TOKENS = 2
 
 

@@ -27,7 +27,7 @@ from vtseg.checkpoint import CheckpointMismatchError, load_checkpoint, load_resn
 from vtseg.models import VTResNet, VTResNetClassifier
 from vtseg.models.layers import FilterTokenizer, RecurrentTokenizer, VTModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ['configs/fpn_vt-r50_lip.py', 'configs/fpn_vt-r50_coco-stuff164k.py']
 
 

@@ -16,7 +16,7 @@ from vtseg.datasets.demo import generate_demo_data
 from vtseg.engine import CPUDistributedDataParallel, setup_distributed
 from vtseg.engine.dist import _rendezvous_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VTFPN = 'configs/demo/vtfpn_r18_vtdemo.py'
 
 needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
@@ -101,7 +101,7 @@ def data_root(tmp_path_factory):
 
 
 def _tiny_cli(data_root):
-    from conftest import as_cli, tiny_options
+    from helpers import as_cli, tiny_options
     return as_cli(tiny_options(data_root, iters=4, ckpt_interval=4))
 
 

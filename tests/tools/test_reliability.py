@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import NECK, make_lip, model_cfg, train_cfg
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, load_checkpoint
@@ -37,79 +38,6 @@ from vtseg.datasets.loading import BadSampleError, SkippedSamplesHook, skipped_s
 from vtseg.engine.preflight import ModelConfigError, check_model_forward
 
 init_default_scope('mmseg')
-
-NECK = dict(type='VTFPN', in_channels=[8, 16, 32, 64], out_channels=16, num_outs=4,
-            num_tokens=4, token_channels=32, num_heads=4)
-
-
-# --------------------------------------------------------------------------- helpers
-def make_lip(root: str, n: int = 6, size=(32, 32), split: str = 'train') -> str:
-    """A LIP-layout folder of ``n`` random JPEG images and 4-class PNG label maps."""
-    rng = np.random.default_rng(0)
-    os.makedirs(osp.join(root, f'{split}_images'), exist_ok=True)
-    os.makedirs(osp.join(root, f'{split}_segmentations'), exist_ok=True)
-    for i in range(n):
-        img = (rng.random((*size, 3)) * 255).astype(np.uint8)
-        seg = np.zeros(size, np.uint8)
-        seg[size[0] // 2:, :] = 1 + i % 3  # lower half: one of classes 1..3
-        cv2.imwrite(osp.join(root, f'{split}_images', f'{i:03d}.jpg'), img)
-        cv2.imwrite(osp.join(root, f'{split}_segmentations', f'{i:03d}.png'), seg)
-    return root
-
-
-def model_cfg(num_classes: int = 4, neck: dict = NECK, dropout: float = 0.1) -> dict:
-    """EncoderDecoder: tiny ResNetV1c-18 (8..64 channels) + VTFPN + FPNHead."""
-    norm_cfg = dict(type='BN', requires_grad=True)
-    return dict(
-        type='EncoderDecoder',
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=[128.] * 3, std=[64.] * 3,
-                               bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(32, 32)),
-        backbone=dict(type='ResNetV1c', depth=18, stem_channels=8, base_channels=8,
-                      out_indices=(0, 1, 2, 3), norm_cfg=norm_cfg, init_cfg=None),
-        neck=neck,
-        decode_head=dict(type='FPNHead', in_channels=[16] * 4, in_index=[0, 1, 2, 3],
-                         feature_strides=[4, 8, 16, 32], channels=8, dropout_ratio=dropout,
-                         num_classes=num_classes, norm_cfg=norm_cfg, align_corners=False,
-                         loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
-        train_cfg=dict(), test_cfg=dict(mode='whole'))
-
-
-def train_cfg(data_root: str, work_dir: str, *, max_iters: int, interval: int = 2,
-              num_classes: int = 4, schedule: int = 6, **extra) -> Config:
-    """A tiny LIP-layout training run on the CPU (seeded, no workers, no validation).
-
-    The learning rate decays over ``schedule`` iterations whatever ``max_iters`` is, so a
-    run stopped at ``max_iters=4`` is the first part of a 6-iteration run.
-    """
-    pipeline = [dict(type='CheckedLoadImageFromFile'),
-                dict(type='CheckedLoadAnnotations', num_classes=num_classes),
-                dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
-    cfg = dict(
-        default_scope='mmseg', work_dir=work_dir, model=model_cfg(num_classes),
-        experiment_name=f'{osp.basename(work_dir)}_{max_iters}_{os.urandom(3).hex()}',
-        train_dataloader=dict(
-            batch_size=2, num_workers=0, persistent_workers=False,
-            sampler=dict(type='InfiniteSampler', shuffle=True),
-            dataset=dict(type='LIPDataset', data_root=data_root,
-                         data_prefix=dict(img_path='train_images',
-                                          seg_map_path='train_segmentations'),
-                         pipeline=pipeline)),
-        train_cfg=dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=10 ** 6),
-        optim_wrapper=dict(type='OptimWrapper',
-                           optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
-        param_scheduler=[dict(type='PolyLR', power=0.9, begin=0, end=schedule,
-                              by_epoch=False)],
-        default_hooks=dict(
-            timer=dict(type='IterTimerHook'),
-            logger=dict(type='LoggerHook', interval=1),
-            param_scheduler=dict(type='ParamSchedulerHook'),
-            checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=interval),
-            checkpoint_report=dict(type='CheckpointReportHook')),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo')),
-        randomness=dict(seed=0), log_level='WARNING', resume=False, load_from=None)
-    cfg.update(extra)
-    return Config(cfg)
-
 
 def weights(path: str) -> dict:
     return torch.load(path, map_location='cpu')['state_dict']
