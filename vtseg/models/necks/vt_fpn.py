@@ -125,7 +125,10 @@ class VTFPN(BaseModule):
         # One transformer relates the tokens of all levels: (B, S * L, C_T).
         mixed = self.transformer(torch.cat(tokens, dim=1))
         mixed = mixed.split(self.num_tokens, dim=1)  # S x (B, L, C_T)
-        outs: List[Tensor] = [proj(x, t) for proj, x, t in zip(self.projectors, feats, mixed)]
+        outs: List[Tensor] = []
+        for i, (proj, t) in enumerate(zip(self.projectors, mixed)):
+            outs.append(proj(feats[i], t))  # P_i = X_i + softmax_L(...) T_i W_V
+            feats[i] = None  # X_i is no longer needed: one level's maps in flight at a time
         # Extra levels, as FPN without extra convs: stride-2 max pooling of the last output.
         while len(outs) < self.num_outs:
             outs.append(F.max_pool2d(outs[-1], 1, stride=2))
