@@ -53,6 +53,13 @@ def tiny_options(data_root, iters: int = 4, ckpt_interval: int = 2) -> Dict[str,
         'param_scheduler.0.end': 1, 'param_scheduler.1.begin': 1,
         'param_scheduler.1.end': iters,
     }
+    return {**opts, **data_options(data_root)}
+
+
+def data_options(data_root) -> Dict[str, object]:
+    """--cfg-options pointing every data loader of a demo config at ``data_root``, in the
+    main process (no workers)."""
+    opts: Dict[str, object] = {}
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         opts[f'{loader}.dataset.data_root'] = str(data_root)
         opts[f'{loader}.num_workers'] = 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from deploy_helpers import DEMO, ROOT, TINY, as_cli, run_tool
+from helpers import data_options
 
 pytest.importorskip('onnxruntime')
 
@@ -27,11 +28,7 @@ def train_options(data_root, iters):
         'param_scheduler.0.end': 1, 'param_scheduler.1.begin': 1,
         'param_scheduler.1.end': iters,
     }
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts[f'{loader}.dataset.data_root'] = str(data_root)
-        opts[f'{loader}.num_workers'] = 0
-        opts[f'{loader}.persistent_workers'] = False
-    return opts
+    return {**opts, **data_options(data_root)}
 
 
 def miou_of_maps(pred_dir, ann_dir, num_classes):
