@@ -32,6 +32,7 @@ import torch
 
 from vtseg.analysis.benchmark import (
     FORMS,
+    HOST_MEMORY,
     MODES,
     PAPER_SIZES,
     TRAIN_FORMS,
@@ -90,6 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='wall: wall-clock latency (default); cpu: process CPU time of '
                              'a single-threaded run (needs --threads 1), steadier on a '
                              'machine shared with other processes')
+    parser.add_argument('--host-memory', choices=list(HOST_MEMORY), default='reuse',
+                        help='reuse: freed host memory serves the next allocation, as the '
+                             'configs declare (HostMemoryHook; default); system: the C '
+                             'library default, every large map mapped and faulted in afresh')
     parser.add_argument('--matmul-size', type=int, default=2048,
                         help='side of the square fp32 matmul that measures the peak rate')
     parser.add_argument('--out-dir', default='work_dirs/benchmark',
@@ -126,7 +131,8 @@ def main(argv=None) -> int:
             train_sizes=_sizes(args.train_sizes), train_batch=args.train_batch,
             train_forms=_names(args.train_forms), device=args.device,
             threads=args.threads, dataset=args.dataset, config_dir=args.config_dir,
-            memory=not args.no_memory, matmul_size=args.matmul_size, clock=args.clock)
+            memory=not args.no_memory, matmul_size=args.matmul_size, clock=args.clock,
+            host_memory=args.host_memory)
         settings.check()
     except ValueError as e:
         print(f'tools/benchmark.py: error: {e}', file=sys.stderr)

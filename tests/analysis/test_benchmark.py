@@ -50,6 +50,7 @@ def test_parse_size():
     ('threads', 0, 'threads must be a positive integer'),
     ('clock', 'tsc', 'clock must be one of'),
     ('clock', 'cpu', 'single-threaded CPU runs only'),  # threads not set to 1
+    ('host_memory', 'jemalloc', 'host_memory must be one of'),
 ])
 def test_settings_reject_bad_values(field, value, match):
     settings = BenchmarkSettings(**{**TINY, field: value})
@@ -94,8 +95,8 @@ def test_benchmark_end_to_end(tmp_path):
     results = run_benchmark(BenchmarkSettings(**TINY), log=logs.append)
     assert set(results) == {'machine', 'settings', 'matmul_gmacs', 'load_average',
                             'measurements'}
-    assert {'cpu', 'cpu_isa', 'logical_cores', 'torch', 'threads', 'device'} <= set(
-        results['machine'])
+    assert {'cpu', 'cpu_isa', 'logical_cores', 'torch', 'threads', 'device',
+            'host_memory_reused'} <= set(results['machine'])
     assert results['matmul_gmacs']['peak'] > 0
     rows = results['measurements']
     forms = TINY['forms']

@@ -17,6 +17,10 @@ for explicitly: by the arguments, or by the config's
 ``default_hooks.checkpoint_report.allow_missing`` / ``allow_shape_mismatch`` (the setting
 the Runner reads too). A truncated, random or unsafe file gives a
 :class:`~vtseg.checkpoint.io.CheckpointError` naming it.
+
+Both also apply the host-memory setting the config declares
+(:class:`~vtseg.engine.host_memory.HostMemoryHook` in ``custom_hooks``), as a Runner
+would, so inference reuses freed host memory like training and testing do.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import nn
 
 from ..checkpoint.io import load_checkpoint
 from ..checkpoint.state_dict import compare_state_dicts
+from ..engine.host_memory import declared_host_memory, reuse_host_memory
 
 __all__ = ['VTSegInferencer', 'check_weights', 'init_model', 'load_policy', 'load_weights']
 
@@ -120,12 +125,20 @@ def init_model(config: Union[str, Path, Config], checkpoint: Optional[str] = Non
         config.merge_from_dict(cfg_options)
     allow_missing, allow_shape_mismatch = load_policy(config, allow_missing,
                                                       allow_shape_mismatch)
+    _apply_host_memory(config)
     model = mmseg_init_model(config, None, device='cpu')
     if checkpoint is not None:
         ckpt = load_weights(model, str(checkpoint), allow_missing=allow_missing,
                             allow_shape_mismatch=allow_shape_mismatch)
         _set_dataset_meta(model, ckpt)
     return model.to(device).eval()
+
+
+def _apply_host_memory(cfg: Config) -> None:
+    """What the config's ``HostMemoryHook`` would do when a Runner starts."""
+    reuse = declared_host_memory(cfg)
+    if reuse is not None:
+        reuse_host_memory(reuse)
 
 
 class VTSegInferencer(MMSegInferencer):
@@ -144,6 +157,8 @@ class VTSegInferencer(MMSegInferencer):
 
     def _load_weights_to_model(self, model: nn.Module, checkpoint: Optional[dict],
                                cfg: Optional[Config]) -> None:
+        if cfg is not None:
+            _apply_host_memory(cfg)
         if checkpoint is not None:
             allow_missing, allow_shape_mismatch = load_policy(cfg, *self._allow)
             check_weights(model, checkpoint, self._weights_name, allow_missing=allow_missing,

@@ -157,6 +157,12 @@ def format_table(results: Dict[str, object]) -> str:
                  f'({results["settings"]["matmul_size"]}^3, best of before/after: '
                  f'{results["matmul_gmacs"]["before"]:.1f} / '
                  f'{results["matmul_gmacs"]["after"]:.1f}).')
+    reused = info.get('host_memory_reused')
+    if reused is not None:
+        lines.append('Host memory: ' + ('freed memory reused (vtseg HostMemoryHook, as the '
+                                        'configs declare), for both models.' if reused else
+                                        'C library default (--host-memory system): every '
+                                        'large map is mapped and faulted in afresh.'))
     load = results.get('load_average', {})
     if load.get('before') is not None:
         lines.append(f'1-minute load average before / after the run: {load["before"]:.2f} / '

@@ -16,13 +16,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ...engine.host_memory import reuse_host_memory
 from ..config_model import build_model_from_config
 from ..flops import flop_analyzer
 from .forms import FORMS, TRAIN_FORMS, make_runner
 from .memory import peak_memory, release_freed_memory
 from .models import NeckOnImage, backbone_shapes, config_path
 from .report import load_average, machine_info
-from .settings import MODES, NECKS, BenchmarkSettings, default_dataset
+from .settings import HOST_MEMORY, MODES, NECKS, BenchmarkSettings, default_dataset
 from .timing import interleaved_times, matmul_rate
 from .train_step import make_train_step
 
@@ -77,6 +78,8 @@ def run_benchmark(settings: BenchmarkSettings,
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = settings.device
+    # One process-wide allocator setting for every model and form.
+    reused = reuse_host_memory(HOST_MEMORY[settings.host_memory])
     torch.manual_seed(0)
     load_before = load_average()
     peak_before = matmul_rate(device, settings.matmul_size, clock=settings.clock)
@@ -87,7 +90,8 @@ def run_benchmark(settings: BenchmarkSettings,
         rows += measure(mode, size, batch, paths, settings, log)
     peak_after = matmul_rate(device, settings.matmul_size, clock=settings.clock)
     log(f'fp32 matmul {settings.matmul_size}^3 after the run: {peak_after:.1f} GMAC/s')
-    return dict(machine=machine_info(device), settings=_jsonable(asdict(settings)),
+    machine = dict(machine_info(device), host_memory_reused=reused)
+    return dict(machine=machine, settings=_jsonable(asdict(settings)),
                 matmul_gmacs=dict(before=peak_before, after=peak_after,
                                   peak=max(peak_before, peak_after)),
                 load_average=dict(before=load_before, after=load_average()),

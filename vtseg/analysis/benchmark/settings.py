@@ -9,13 +9,16 @@ import torch
 from .forms import FORMS, TRAIN_FORMS
 from .timing import CLOCKS
 
-__all__ = ['NECKS', 'MODES', 'PAPER_SIZES', 'BenchmarkSettings', 'parse_size',
+__all__ = ['NECKS', 'MODES', 'HOST_MEMORY', 'PAPER_SIZES', 'BenchmarkSettings', 'parse_size',
            'default_dataset']
 
 #: Necks compared, by the prefix of their config files.
 NECKS = {'FPN': 'fpn', 'VT-FPN': 'vtfpn'}
 #: What is timed: the neck alone, or the whole segmentor on a ResNet of that depth.
 MODES = {'neck': 50, 'r50': 50, 'r101': 101}
+#: Host memory: freed memory reused as the configs declare (``HostMemoryHook``), or the
+#: C library's default (large blocks mapped afresh and returned on every free).
+HOST_MEMORY = {'reuse': True, 'system': False}
 #: Input sizes of the paper: LIP 473x473 and COCO-Stuff 800x1216.
 PAPER_SIZES = ((473, 473), (800, 1216))
 
@@ -56,6 +59,7 @@ class BenchmarkSettings:
     memory: bool = True
     matmul_size: int = 2048
     clock: str = 'wall'                 # 'wall' or 'cpu' (process CPU time, 1 thread)
+    host_memory: str = 'reuse'          # 'reuse' (as the configs declare) or 'system'
 
     def check(self) -> None:
         for name, low in [('warmup', 0), ('repeats', 1), ('batch', 1), ('train_batch', 1),
@@ -80,6 +84,9 @@ class BenchmarkSettings:
         if self.clock == 'cpu' and (self.device != 'cpu' or self.threads != 1):
             raise ValueError("clock='cpu' (process CPU time) measures single-threaded CPU "
                              'runs only: use --device cpu --threads 1, or --clock wall')
+        if self.host_memory not in HOST_MEMORY:
+            raise ValueError(f'host_memory must be one of {list(HOST_MEMORY)}, got '
+                             f'{self.host_memory!r}')
         if not self.device.startswith('cuda') and self.device != 'cpu':
             raise ValueError(f'device {self.device!r}: use cpu or cuda[:N]')
         if 'onnxruntime' in self.forms:
