@@ -77,7 +77,7 @@ def test_fold_refuses_a_norm_before_its_conv():
         fold_conv_bn(block)
 
 
-def test_vtfpn_channels_last_in_channels_last_out():
+def test_vtfpn_keeps_the_memory_format_of_its_inputs():
     neck = VTFPN(CHANNELS, 16, 5, num_tokens=4, token_channels=32, num_heads=4).eval()
     feats = _features()
     with torch.no_grad():
@@ -86,6 +86,7 @@ def test_vtfpn_channels_last_in_channels_last_out():
                                              for f in feats])
     for a, b in zip(outs, ref):
         assert a.is_contiguous(memory_format=torch.channels_last)
+        assert b.is_contiguous()  # and NCHW in, NCHW out: no layout change on either side
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 

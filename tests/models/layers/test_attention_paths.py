@@ -68,14 +68,16 @@ def _tol(dtype):
                                                                           atol=1e-5)
 
 
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
+                         ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('size', SIZES)
 @pytest.mark.parametrize('name', list(_blocks()))
-def test_fused_equals_explicit_with_gradients(name, size, dtype):
+def test_fused_equals_explicit_with_gradients(name, size, dtype, memory_format):
     fused, explicit = _pair(name)
     fused, explicit = fused.to(dtype), explicit.to(dtype)
     torch.manual_seed(1)
-    x = torch.randn(2, C, *size, dtype=dtype)
+    x = torch.randn(2, C, *size, dtype=dtype).contiguous(memory_format=memory_format)
     t = torch.randn(2, L, CT, dtype=dtype)
     results = []
     for block in (fused, explicit):
@@ -96,6 +98,17 @@ def test_fused_equals_explicit_with_gradients(name, size, dtype):
         assert gp_f[key] is not None, f'{name}.{key} got no gradient on the fused path'
         torch.testing.assert_close(gp_f[key].float(), gp_e[key].float(), **_tol(dtype),
                                    msg=lambda m, key=key: f'gradient of {name}.{key}: {m}')
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
+                         ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('fused', [True, False])
+def test_projector_keeps_the_memory_format_of_its_map(memory_format, fused):
+    proj, tok = Projector(C, CT), FilterTokenizer(C, L, CT)
+    proj.fused_attn = tok.fused_attn = fused
+    x = torch.randn(2, C, 13, 11).contiguous(memory_format=memory_format)
+    out = proj(x, tok(x)[0])
+    assert out.is_contiguous(memory_format=memory_format)
 
 
 def test_fused_path_returns_no_maps_and_explicit_path_does():

@@ -20,22 +20,30 @@ def check_positive_int(owner: str, **values) -> None:
 
 
 def flatten_pixels(x: Tensor) -> Tensor:
-    """A feature map as a sequence of pixels, the layout attention wants.
+    """A feature map as a sequence of pixels, the layout attention wants: a view, no copy.
 
-    A view when ``x`` is channels_last (NHWC in memory), a copy otherwise.
+    For a channels_last map (NHWC in memory) the view is contiguous, one pixel per row;
+    for an NCHW map it is the transpose of a contiguous (B, C, N), one channel per row in
+    memory (``is_channels_major``). :func:`~vtseg.models.layers.attention.attention` reads
+    either in its stored order.
 
     Shape:
         - x: (B, C, H, W) -> (B, N, C), N = H * W
     """
-    b, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, H, W, C) -> (B, N, C)
+    return x.flatten(2).transpose(1, 2)  # (B, C, N) -> (B, N, C)
+
+
+def is_channels_major(pixels: Tensor) -> bool:
+    """Whether a (..., N, C) pixel sequence is stored channel by channel (from NCHW)."""
+    return pixels.stride(-2) == 1 and pixels.stride(-1) != 1
 
 
 def unflatten_pixels(pixels: Tensor, height: int, width: int) -> Tensor:
-    """Inverse of :func:`flatten_pixels`: a channels_last (B, C, H, W) view, no copy.
+    """Inverse of :func:`flatten_pixels`, a view in the memory format the pixels are stored
+    in: channels_last for one pixel per row, NCHW for one channel per row.
 
     Shape:
         - pixels: (B, N, C) -> (B, C, H, W)
     """
     b, _, c = pixels.shape
-    return pixels.reshape(b, height, width, c).permute(0, 3, 1, 2)
+    return pixels.transpose(1, 2).reshape(b, c, height, width)

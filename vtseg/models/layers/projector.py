@@ -42,7 +42,7 @@ class Projector(nn.Module):
 
     Shape:
         - x: (B, C, H, W), tokens: (B, L, C_T)
-        - returns (B, C, H, W), channels_last in memory (the pixel-sequence layout)
+        - returns (B, C, H, W) in the memory format of ``x`` (NCHW or channels_last)
     """
 
     def __init__(self, in_channels: int, token_channels: int, *,
