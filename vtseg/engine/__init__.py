@@ -4,8 +4,8 @@ one training run per work dir, host memory reuse.
 
 Importing it registers :class:`CPUDistributedDataParallel` (mmengine ``MODEL_WRAPPERS``),
 :class:`BF16OptimWrapper` (mmengine ``OPTIM_WRAPPERS``), :class:`ClassIoUMetric`
-(mmseg ``METRICS``), :class:`ModelCheckHook`, :class:`WorkDirLockHook` and :class:`HostMemoryHook` (mmseg
-``HOOKS``). The checkpoint hooks live in :mod:`vtseg.checkpoint`.
+(mmseg ``METRICS``), :class:`ModelCheckHook`, :class:`WorkDirLockHook` and
+:class:`HostMemoryHook` (mmseg ``HOOKS``). The checkpoint hooks live in :mod:`vtseg.checkpoint`.
 """
 from .dist import init_cpu_dist, setup_distributed
 from .host_memory import HostMemoryHook, host_memory_reused, reuse_host_memory

@@ -49,8 +49,8 @@ _state = {'reused': False}
 def _glibc() -> Optional[ctypes.CDLL]:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only
-        libc.mallopt
+        getattr(libc, 'gnu_get_libc_version')  # glibc only  # noqa: B009
+        getattr(libc, 'mallopt')  # noqa: B009
     except (OSError, AttributeError):
         return None
     return libc
