@@ -76,6 +76,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(full_run, demo_data
     assert saved and f'iter_{ITERS}.pth' not in saved, saved  # killed mid-run
     out = _train(killed, demo_data, '--resume')
     assert 'resumed epoch: 0, iter:' in out
+    assert 'HostMemoryHook: freed host memory is kept for reuse' in out  # from the config
     # Bitwise: data order, LR schedule, AdamW moments and dropout masks (RNG state).
     _assert_same_run(full_run / f'iter_{ITERS}.pth', killed / f'iter_{ITERS}.pth')
 

@@ -48,6 +48,7 @@ def test_train_writes_checkpoints_and_validates(trained):
     work_dir, out = trained
     assert (work_dir / 'iter_2.pth').is_file() and (work_dir / 'iter_4.pth').is_file()
     assert 'Iter(train) [4/4]' in out
+    assert 'HostMemoryHook: freed host memory is kept for reuse' in out
     assert re.search(r'Iter\(val\) \[4/4\]\s+aAcc: [\d.]+\s+mIoU: [\d.]+', out), out[-2000:]
 
 

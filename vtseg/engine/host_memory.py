@@ -13,7 +13,9 @@ and to keep freed memory there, so a map freed after one image is reused for the
 It is a process-wide setting, model-agnostic (FPN and VT-FPN alike), and changes no
 number a model computes; the price is that the process keeps its peak resident memory
 instead of returning freed memory to the system. Where the C library is not glibc it does
-nothing and says so.
+nothing and says so. Apply it when a process starts: glibc serves a thread that it has
+moved to a secondary arena (after contention on the main one) from heaps of at most 64
+MiB, and a larger block requested there is still mapped afresh.
 
 The configs declare it (``HostMemoryHook`` in ``configs/_base_/default_runtime.py``), so
 mmseg's ``tools/train.py``, a plain ``Runner`` script and vtseg's tools all run with it;
@@ -31,8 +33,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-__all__ = ['reuse_host_memory', 'host_memory_reused', 'declared_host_memory',
-           'HostMemoryHook']
+__all__ = ['reuse_host_memory', 'host_memory_reused', 'return_freed_host_memory',
+           'declared_host_memory', 'HostMemoryHook']
 
 # mallopt parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -57,7 +59,8 @@ def _glibc() -> Optional[ctypes.CDLL]:
 
 
 def reuse_host_memory(enable: bool = True) -> bool:
-    """Keep freed host memory for reuse (``enable=True``) or restore glibc's defaults.
+    """Keep freed host memory for reuse (``enable=True``) or restore glibc's defaults and
+    return the kept memory to the system (``enable=False``).
 
     Returns:
         Whether the setting is now in effect (``False`` where the C library is not glibc).
@@ -76,8 +79,20 @@ def reuse_host_memory(enable: bool = True) -> bool:
     if not ok:
         raise RuntimeError('reuse_host_memory: glibc mallopt refused the setting '
                            f'(M_MMAP_MAX={mmap_max}, M_TRIM_THRESHOLD={trim})')
+    if not enable:  # and give back what was kept, as glibc's default would have
+        libc.malloc_trim(0)
     _state['reused'] = bool(enable)
     return bool(enable)
+
+
+def return_freed_host_memory() -> bool:
+    """Give the memory that freed tensors left in the heap back to the system now (glibc
+    ``malloc_trim``), whatever the setting; ``False`` where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 def host_memory_reused() -> bool:

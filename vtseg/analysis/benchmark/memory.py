@@ -10,13 +10,14 @@ allocator (oneDNN/MKL work space) and varies by about +-15% from call to call.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 from typing import Callable, Dict, Optional
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+from ...engine.host_memory import return_freed_host_memory
 
 __all__ = ['peak_memory', 'release_freed_memory']
 
@@ -31,10 +32,8 @@ def _proc_status_kib(key: str) -> int:
 
 def release_freed_memory() -> None:
     gc.collect()
-    try:
-        ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: freed memory may stay resident and hide part of the peak
+    # Not glibc: freed memory may stay resident and hide part of the peak.
+    return_freed_host_memory()
 
 
 def _tensor_peak(prof) -> Optional[int]:
