@@ -42,6 +42,7 @@ from vtseg.analysis.benchmark import (
     run_benchmark,
     save_results,
 )
+from vtseg.cli import ArgumentParser, CLIError, device, positive_int, work_dir
 
 
 def _sizes(text: str):
@@ -52,8 +53,8 @@ def _names(text: str):
     return [n.strip() for n in text.split(',') if n.strip()]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         description='Benchmark FPN vs VT-FPN, best against best (latency, peak memory, '
                     'training step).')
     default_sizes = ','.join(f'{h}x{w}' for h, w in PAPER_SIZES)
@@ -66,20 +67,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f'comma-separated forms each model is timed in, among '
                              f'{",".join(FORMS)} (default: all; on a GPU all but '
                              'onnxruntime)')
-    parser.add_argument('--repeats', type=int, default=5, help='timed calls per form')
+    parser.add_argument('--repeats', type=positive_int, default=5, help='timed calls per form')
     parser.add_argument('--warmup', type=int, default=1, help='untimed calls per form first')
-    parser.add_argument('--batch', type=int, default=4,
+    parser.add_argument('--batch', type=positive_int, default=4,
                         help='batch size of the throughput rows')
     parser.add_argument('--throughput-sizes', default='',
                         help='comma-separated sizes also timed at --batch (default none)')
     parser.add_argument('--train-sizes', default='473x473',
                         help='sizes of the R-50 training-step rows ("" to skip)')
-    parser.add_argument('--train-batch', type=int, default=2,
+    parser.add_argument('--train-batch', type=positive_int, default=2,
                         help='batch of the training-step rows')
     parser.add_argument('--train-forms', default='eager,channels_last',
                         help=f'forms of the training step, among {",".join(TRAIN_FORMS)}')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=int, default=None,
+    parser.add_argument('--device', type=device,
+                        default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu or cuda[:N] (default: cuda when there is one)')
+    parser.add_argument('--threads', type=positive_int, default=None,
                         help='torch.set_num_threads (default: torch\'s choice)')
     parser.add_argument('--dataset', default=None,
                         help='config family, e.g. coco-stuff164k or lip (default: lip at '
@@ -95,27 +98,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='reuse: freed host memory serves the next allocation, as the '
                              'configs declare (HostMemoryHook; default); system: the C '
                              'library default, every large map mapped and faulted in afresh')
-    parser.add_argument('--matmul-size', type=int, default=2048,
+    parser.add_argument('--matmul-size', type=positive_int, default=2048,
                         help='side of the square fp32 matmul that measures the peak rate')
-    parser.add_argument('--out-dir', default='work_dirs/benchmark',
+    parser.add_argument('--out-dir', default='work_dirs/benchmark', type=work_dir,
                         help='where benchmark.{json,md} and benchmark_latency.png go')
     parser.add_argument('--from-json', default=None, metavar='BENCHMARK_JSON',
                         help='measure nothing: print the table of a saved benchmark.json '
                              'and write its table and plot to --out-dir')
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     if args.from_json:
         path = Path(args.from_json)
         try:
             results = json.loads(path.read_text())
             table = format_table(results)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f'tools/benchmark.py: error: cannot read {path} as a benchmark.json '
-                  f'written by this tool ({type(e).__name__}: {e})', file=sys.stderr)
-            return 2
+            raise CLIError(f'cannot read {path} as a benchmark.json written by this tool '
+                           f'({type(e).__name__}: {e})') from None
         paths = save_results(results, Path(args.out_dir))
         print(table)
         print('wrote ' + ', '.join(str(p) for p in paths.values()))
@@ -135,8 +136,7 @@ def main(argv=None) -> int:
             host_memory=args.host_memory)
         settings.check()
     except ValueError as e:
-        print(f'tools/benchmark.py: error: {e}', file=sys.stderr)
-        return 2
+        raise CLIError(str(e)) from None
     results = run_benchmark(settings)
     paths = save_results(results, Path(args.out_dir))
     print()
@@ -144,6 +144,10 @@ def main(argv=None) -> int:
     print()
     print('wrote ' + ', '.join(str(p) for p in paths.values()))
     return 0
+
+
+def main(argv=None) -> int:
+    return build_parser().run(run, argv)
 
 
 if __name__ == '__main__':

@@ -199,6 +199,17 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     bad.write_text('{"measurements": []}')
     assert cli.main(['--from-json', str(bad), '--out-dir', str(tmp_path)]) == 2
     assert 'cannot read' in capsys.readouterr().err
+    # Refused before anything is measured, one error: line each, as every vtseg tool.
+    assert cli.main(['--out-dir', str(bad)]) == 2  # a file, where results would go
+    assert 'is a file, not a folder' in capsys.readouterr().err
+    assert cli.main(['--repeats', '0']) == 2
+    assert '--repeats: must be a positive integer' in capsys.readouterr().err
+    assert cli.main(['--models', 'r18']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and "choose among ['neck', 'r50', 'r101']" in err
+    if not torch.cuda.is_available():
+        assert cli.main(['--device', 'cuda']) == 2
+        assert 'no CUDA device' in capsys.readouterr().err
 
 
 def test_cli_redraws_from_json(tmp_path, capsys):
