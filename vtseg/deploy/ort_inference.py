@@ -44,6 +44,7 @@ def _import_ort():
 
 
 def ort_session(path: str, *, threads: Optional[int] = None, spinning: Optional[bool] = None,
+                spin_after_run: bool = False,
                 providers: Sequence[str] = ('CPUExecutionProvider',),
                 optimization: str = 'all') -> Any:
     """An ``onnxruntime.InferenceSession`` for ``path`` with CPU-friendly options.
@@ -54,6 +55,10 @@ def ort_session(path: str, *, threads: Optional[int] = None, spinning: Optional[
             Inter-op parallelism is off (one graph node at a time, each using the threads).
         spinning: let idle intra-op threads spin (ONNX Runtime's default, lowest latency
             on a dedicated machine); ``False`` makes them sleep, kinder to shared machines.
+        spin_after_run: keep the threads spinning after a run has returned, as ONNX
+            Runtime does by default. Off (``session.force_spinning_stop``), they spin
+            only while a run is in progress, so the caller's own work between runs (pre-
+            and post-processing, other models) is not left fewer cores.
         providers: execution providers, in order of preference.
         optimization: graph optimisation level ``disable``, ``basic``, ``extended`` or
             ``all``.
@@ -84,6 +89,8 @@ def ort_session(path: str, *, threads: Optional[int] = None, spinning: Optional[
     if spinning is not None:
         opts.add_session_config_entry('session.intra_op.allow_spinning',
                                       '1' if spinning else '0')
+    if not spin_after_run:
+        opts.add_session_config_entry('session.force_spinning_stop', '1')
     available = set(ort.get_available_providers())
     chosen = [p for p in providers if p in available] or ['CPUExecutionProvider']
     try:
