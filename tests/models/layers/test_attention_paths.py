@@ -111,6 +111,23 @@ def test_projector_keeps_the_memory_format_of_its_map(memory_format, fused):
     assert out.is_contiguous(memory_format=memory_format)
 
 
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
+                         ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('name', ['filter', 'recurrent', 'clustering', 'projector',
+                                  'projector-literal', 'vt-module'])
+def test_gradient_of_a_map_comes_back_in_its_memory_format(name, memory_format):
+    """On the fused path the gradient reaching a map has the map's layout, so what made the
+    map (an NCHW model's lateral conv and BatchNorm) never reads a mixed-layout gradient."""
+    block = _blocks()[name]
+    leaf = torch.randn(2, C, 13, 11, requires_grad=True)
+    x = (leaf * 1).contiguous(memory_format=memory_format)  # a map some layer produced
+    grads = []
+    x.register_hook(grads.append)
+    outs = _run(name, block, x, torch.randn(2, L, CT))
+    sum((o * torch.randn_like(o)).sum() for o in outs).backward()
+    assert grads[0].is_contiguous(memory_format=memory_format), grads[0].stride()
+
+
 def test_fused_path_returns_no_maps_and_explicit_path_does():
     tok = FilterTokenizer(C, L)
     x = torch.randn(1, C, 5, 6)

@@ -86,4 +86,5 @@ class Projector(nn.Module):
         out, _ = attention(queries[:, None], keys[:, None], values[:, None], scale=scale,
                            fused=self.fused_attn, softmax=self.attn_softmax,
                            residual=pixels[:, None])
-        return unflatten_pixels(out[:, 0], h, w)  # Eq. (5)
+        # squeeze, not [:, 0]: its gradient is a view of the incoming one, in its layout
+        return unflatten_pixels(out.squeeze(1), h, w)  # Eq. (5)

@@ -89,7 +89,7 @@ class _SpatialTokenizer(nn.Module):
         # T = softmax_HW(Q X^T) X                (B, 1, L, C) x (B, 1, N, C) -> (B, 1, L, C)
         tokens, attn = attention(queries[:, None], pixels, pixels, scale=1.0,
                                  fused=self.fused_attn, softmax=self.attn_softmax)
-        tokens = self.token_proj(tokens[:, 0])  # (B, L, C) -> (B, L, C_T)
+        tokens = self.token_proj(tokens.squeeze(1))  # (B, L, C) -> (B, L, C_T)
         if attn is not None:
             attn = attn.reshape(b, self.num_tokens, h, w)  # (B, 1, L, N) -> (B, L, H, W)
         return tokens, attn
