@@ -234,3 +234,12 @@ def test_compiled_forms_are_timed_after_compiling():
         ('FPN', 'eager'), ('FPN', 'optimized+compile'), ('VT-FPN', 'eager'),
         ('VT-FPN', 'optimized+compile')]
     assert sum('compiled in' in line for line in logs) == 2
+
+
+def test_rounds_run_the_two_necks_next_to_each_other():
+    from vtseg.analysis.benchmark.runner import _side_by_side
+
+    fns = {(n, f): None for n in ('FPN', 'VT-FPN') for f in ('eager', 'optimized', 'compile')}
+    assert list(_side_by_side(fns)) == [
+        ('FPN', 'eager'), ('VT-FPN', 'eager'), ('FPN', 'optimized'), ('VT-FPN', 'optimized'),
+        ('FPN', 'compile'), ('VT-FPN', 'compile')]

@@ -2,9 +2,10 @@
 
 Every configuration (neck alone, or the whole R-50 / R-101 segmentor, at one input size)
 is timed for both necks and all their forms in the same process, with the repeats
-interleaved (each round runs every (neck, form) once, the order reversed every other
-round) so that load from other processes hits all of them alike: on a shared machine the
-absolute times are noisy, the ratios are what the benchmark is for.
+interleaved (each round runs every (neck, form) once, form by form with the two necks
+next to each other, the order reversed every other round) so that load from other
+processes hits all of them alike: on a shared machine the absolute times are noisy, the
+ratios are what the benchmark is for.
 """
 from __future__ import annotations
 
@@ -133,8 +134,8 @@ def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict
         for form in settings.forms:
             fns[name, form] = make_runner(FORMS[form], model, inputs, is_neck=is_neck,
                                           log=log, label=f'{name} ')
-    times = interleaved_times(fns, warmup=settings.warmup, repeats=settings.repeats,
-                              device=device, clock=settings.clock)
+    times = interleaved_times(_side_by_side(fns), warmup=settings.warmup,
+                              repeats=settings.repeats, device=device, clock=settings.clock)
     out = []
     for (name, form), fn in fns.items():
         mem = peak_memory(fn, device) if settings.memory else {}
@@ -166,8 +167,8 @@ def _measure_training(mode: str, size: Tuple[int, int], batch: int, paths: Dict[
                                               device=device)
             if TRAIN_FORMS[form].compiled:
                 log(f'  {name} {form}: compiled in {time.perf_counter() - start:.1f} s')
-    times = interleaved_times(fns, warmup=settings.warmup, repeats=settings.repeats,
-                              device=device, clock=settings.clock)
+    times = interleaved_times(_side_by_side(fns), warmup=settings.warmup,
+                              repeats=settings.repeats, device=device, clock=settings.clock)
     out = []
     for name, form in fns:
         row = Measurement('train', mode, name, form, tuple(size), batch, str(paths[name]),
@@ -177,6 +178,15 @@ def _measure_training(mode: str, size: Tuple[int, int], batch: int, paths: Dict[
     del fns
     release_freed_memory()
     return out
+
+
+def _side_by_side(fns: Dict[Tuple[str, str], Callable]) -> Dict[Tuple[str, str], Callable]:
+    """The (neck, form) callables in the order a round runs them: form by form, both
+    necks next to each other (FPN eager, VT-FPN eager, FPN channels_last, ...), so that the
+    times a ratio is taken of were measured seconds apart, not a whole half-round."""
+    forms = list(dict.fromkeys(form for _, form in fns))
+    return {(name, form): fns[name, form] for form in forms for name in NECKS
+            if (name, form) in fns}
 
 
 def _log_row(log: Callable[[str], None], row: Measurement, mem: Dict) -> None:
