@@ -140,10 +140,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
     else:
         weights = softmax(logits).to(v.dtype)
     if residual is None:
-        if fused and few_queries and is_channels_major(v):
-            # (A v)^T = v^T A^T: v^T is the map as stored, and the gradient of the map
-            # comes back in that layout too (not pixel by pixel, which would hand an NCHW
-            # model's lateral BatchNorm a channels_last gradient to read)
+        if fused and few_queries and v.requires_grad and is_channels_major(v):
+            # (A v)^T = v^T A^T, as fast forward: v^T is the map as stored, and the
+            # gradient of the map comes back in that layout too, not pixel by pixel (which
+            # would hand an NCHW model's lateral BatchNorm a channels_last gradient). Only
+            # when there is a gradient: A v also reads a map inductor has turned
+            # channels_last, where v^T A^T would be MKL's slowest orientation.
             out = torch.matmul(v.transpose(-2, -1), weights.transpose(-2, -1)).transpose(-2, -1)
         else:
             out = torch.matmul(weights, v)  # A v
