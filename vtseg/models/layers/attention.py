@@ -106,8 +106,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
     second GEMM can add the residual as it writes its output (one pass over the map
     instead of two). Both GEMMs read the map in the order it is stored, one pixel per row
     (channels_last) or one channel per row (NCHW, see
-    :func:`~vtseg.models.layers._utils.flatten_pixels`), and the output and the map's
-    gradient keep that layout, so neither memory format costs a copy, forward or backward.
+    :func:`~vtseg.models.layers._utils.flatten_pixels`), and the output keeps that layout,
+    so neither memory format costs a copy.
 
     Returns:
         ``(out, weights)``: ``weights`` are the (..., N_q, N_k) attention weights on the
@@ -140,15 +140,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
     else:
         weights = softmax(logits).to(v.dtype)
     if residual is None:
-        if fused and few_queries and v.requires_grad and is_channels_major(v):
-            # (A v)^T = v^T A^T, as fast forward: v^T is the map as stored, and the
-            # gradient of the map comes back in that layout too, not pixel by pixel (which
-            # would hand an NCHW model's lateral BatchNorm a channels_last gradient). Only
-            # when there is a gradient: A v also reads a map inductor has turned
-            # channels_last, where v^T A^T would be MKL's slowest orientation.
-            out = torch.matmul(v.transpose(-2, -1), weights.transpose(-2, -1)).transpose(-2, -1)
-        else:
-            out = torch.matmul(weights, v)  # A v
+        out = torch.matmul(weights, v)  # A v
     elif fused:  # residual + A v as one GEMM writing its output once
         out = _baddbmm(residual, weights, v)
     else:
