@@ -128,8 +128,14 @@ def test_labels_export_agrees_with_pytorch(tiny_checkpoint, tmp_path):
                               str(tmp_path / 'labels.onnx'), mode='labels', dynamic=True,
                               cfg_options=TINY)
     assert result.verification.ok
-    pred = OnnxSegmentor(result.path).predict(np.full((50, 70, 3), 128, np.uint8))
+    seg = OnnxSegmentor(result.path)
+    pred = seg.predict(np.full((50, 70, 3), 128, np.uint8))
     assert pred.logits is None and pred.labels.shape == (50, 70)
+    key = 'session.force_spinning_stop'
+    assert seg.session.get_session_options().get_session_config_entry(key) == '1'
+    kept = OnnxSegmentor(result.path, spin_after_run=True).session.get_session_options()
+    with pytest.raises(RuntimeError, match=key):
+        kept.get_session_config_entry(key)
 
 
 def test_files_onnx_runtime_rejects_are_reported(tmp_path):

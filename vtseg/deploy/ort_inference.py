@@ -119,16 +119,17 @@ class OnnxSegmentor:
 
     Args:
         path: the ``.onnx`` file.
-        threads, spinning: see :func:`ort_session`.
+        threads, spinning, spin_after_run: see :func:`ort_session`.
 
     Raises:
         DeployError: no vtseg metadata, or a graph mode that gives no per-pixel output.
     """
 
     def __init__(self, path: str, *, threads: Optional[int] = None,
-                 spinning: Optional[bool] = None) -> None:
+                 spinning: Optional[bool] = None, spin_after_run: bool = False) -> None:
         self.path = path
-        self.session = ort_session(path, threads=threads, spinning=spinning)
+        self.session = ort_session(path, threads=threads, spinning=spinning,
+                                   spin_after_run=spin_after_run)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.spec = DeploySpec.from_metadata(meta, source=repr(path))
         if self.spec.mode == 'tensor':
