@@ -236,10 +236,20 @@ def test_compiled_forms_are_timed_after_compiling():
     assert sum('compiled in' in line for line in logs) == 2
 
 
-def test_rounds_run_the_two_necks_next_to_each_other():
-    from vtseg.analysis.benchmark.runner import _side_by_side
+def test_rounds_run_the_two_necks_next_to_each_other(monkeypatch):
+    """Each round times the forms one by one with FPN and VT-FPN back to back, so the two
+    times of a ratio are taken seconds apart."""
+    from vtseg.analysis.benchmark import runner
 
-    fns = {(n, f): None for n in ('FPN', 'VT-FPN') for f in ('eager', 'optimized', 'compile')}
-    assert list(_side_by_side(fns)) == [
-        ('FPN', 'eager'), ('VT-FPN', 'eager'), ('FPN', 'optimized'), ('VT-FPN', 'optimized'),
-        ('FPN', 'compile'), ('VT-FPN', 'compile')]
+    orders = []
+
+    def recording(fns, **kwargs):
+        orders.append(list(fns))
+        return interleaved_times(fns, **kwargs)
+
+    monkeypatch.setattr(runner, 'interleaved_times', recording)
+    run_benchmark(BenchmarkSettings(**{**TINY, 'forms': ['eager', 'channels_last'],
+                                       'throughput_sizes': [], 'memory': False}),
+                  log=lambda _: None)
+    assert orders == [[('FPN', 'eager'), ('VT-FPN', 'eager'), ('FPN', 'channels_last'),
+                       ('VT-FPN', 'channels_last')]]

@@ -80,7 +80,7 @@ def reuse_host_memory(enable: bool = True) -> bool:
         raise RuntimeError('reuse_host_memory: glibc mallopt refused the setting '
                            f'(M_MMAP_MAX={mmap_max}, M_TRIM_THRESHOLD={trim})')
     if not enable:  # and give back what was kept, as glibc's default would have
-        libc.malloc_trim(0)
+        return_freed_host_memory()
     _state['reused'] = bool(enable)
     return bool(enable)
 

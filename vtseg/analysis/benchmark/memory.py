@@ -32,7 +32,8 @@ def _proc_status_kib(key: str) -> int:
 
 def release_freed_memory() -> None:
     gc.collect()
-    # Not glibc: freed memory may stay resident and hide part of the peak.
+    # Without glibc nothing is returned: freed memory may stay resident and hide part of
+    # the next resident-set peak.
     return_freed_host_memory()
 
 
