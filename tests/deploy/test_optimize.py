@@ -124,6 +124,24 @@ def test_vtfpn_compiles_without_graph_breaks():
     assert count == 0, reasons
 
 
+def test_vtfpn_training_compiles_without_graph_breaks():
+    """With gradients the few-token attention runs its own backward (an autograd Function),
+    which dynamo traces as well."""
+    neck = VTFPN(CHANNELS, 16, 4, num_tokens=4, token_channels=32, num_heads=4,
+                 norm_cfg=dict(type='BN')).train()
+    feats = [f.requires_grad_() for f in _features()]
+    count, reasons = _graph_breaks(lambda fs: sum(o.square().mean() for o in neck(fs)), feats)
+    assert count == 0, reasons
+    compiled = torch.compile(neck)
+    sum(o.square().mean() for o in compiled(feats)).backward()
+    eager_grads = [f.grad.clone() for f in feats]
+    for f in feats:
+        f.grad = None
+    sum(o.square().mean() for o in neck(feats)).backward()
+    for a, b in zip(eager_grads, (f.grad for f in feats)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('neck_type', ['VTFPN'])
 def test_segmentor_compiles_without_graph_breaks(neck_type):
     model = optimize_for_inference(_segmentor(neck_type))

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import at_least_float32, is_channels_major
+from ._utils import at_least_float32
+from .token_pixel_attention import token_pixel_attention
 
 __all__ = ['attention', 'use_fused_attn', 'set_fused_attn', 'explicit_attention']
 
@@ -99,15 +100,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
     The fused path runs :func:`~torch.nn.functional.scaled_dot_product_attention` for
     attention among tokens. Attention between a few tokens and a whole feature map (at
     most :data:`FEW_TOKENS` queries over more keys, or keys for more queries: the
-    tokenizers and the projector) it runs as two GEMMs over the long pixel axis, which is
-    what their shapes need on CPU and GPU alike: SDPA's kernels split the work over blocks
-    of queries, so a tokenizer's L queries would run as one block on one core, and the
-    (N, L) weights of a projector are no larger than L channels of the map, while the
-    second GEMM can add the residual as it writes its output (one pass over the map
-    instead of two). Both GEMMs read the map in the order it is stored, one pixel per row
-    (channels_last) or one channel per row (NCHW, see
-    :func:`~vtseg.models.layers._utils.flatten_pixels`), and the output keeps that layout,
-    so neither memory format costs a copy.
+    tokenizers and the projector) it runs as
+    :func:`~vtseg.models.layers.token_pixel_attention.token_pixel_attention`: two GEMMs
+    over the long pixel axis, which is what their shapes need on CPU and GPU alike (SDPA's
+    kernels split the work over blocks of queries, so a tokenizer's L queries would run as
+    one block on one core, and the (N, L) weights of a projector are no larger than L
+    channels of the map), reading and writing a map in the memory format it is stored in,
+    with a backward that does the same.
 
     Returns:
         ``(out, weights)``: ``weights`` are the (..., N_q, N_k) attention weights on the
@@ -118,58 +117,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, fused: bool,
         - residual: shaped like out, (B..., N_q, d_v)
     """
     n_q, n_k = q.shape[-2], k.shape[-2]
-    few_queries = n_q <= FEW_TOKENS < n_k
-    few_keys = n_k <= FEW_TOKENS < n_q
-    if fused and not (few_queries or few_keys):
+    if fused:
+        if n_q <= FEW_TOKENS < n_k or n_k <= FEW_TOKENS < n_q:
+            return token_pixel_attention(q, k, v, scale=scale, residual=residual), None
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         return (out if residual is None else residual + out), None
-    if fused and few_keys and is_channels_major(q if residual is None else residual):
-        return _pixels_over_tokens_channels_major(q, k, v, scale, residual), None
-    if fused and few_queries and not is_channels_major(k):
-        # (N_k, N_q) logits: the long key axis, one pixel per row, is the GEMM's rows
-        logits = torch.matmul(k, q.transpose(-2, -1)).transpose(-2, -1)  # (B..., N_q, N_k)
-    else:
-        logits = torch.matmul(q, k.transpose(-2, -1))  # q k^T: (B..., N_q, N_k)
+    logits = torch.matmul(q, k.transpose(-2, -1))  # q k^T: (B..., N_q, N_k)
     if scale != 1:
         logits = logits * scale
     # Low-precision logits are normalised in float32: over tens of thousands of pixels fp16
     # and bf16 would overflow or round the small weights to zero.
     logits = at_least_float32(logits)
-    if fused or softmax is None:
-        weights = logits.softmax(-1).to(v.dtype)
-    else:
-        weights = softmax(logits).to(v.dtype)
-    if residual is None:
-        out = torch.matmul(weights, v)  # A v
-    elif fused:  # residual + A v as one GEMM writing its output once
-        out = _baddbmm(residual, weights, v)
-    else:
-        out = residual + torch.matmul(weights, v)  # residual + A v
-    return out, (None if fused else weights)
-
-
-def _baddbmm(residual: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``residual + a b`` over any batch dims, as one batched GEMM (``b`` may broadcast)."""
-    batch = a.shape[:-2]
-    out = torch.baddbmm(residual.reshape(-1, *residual.shape[-2:]),
-                        a.reshape(-1, *a.shape[-2:]),
-                        b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:]))
-    return out.view(*batch, *out.shape[-2:])
-
-
-def _pixels_over_tokens_channels_major(q: Tensor, k: Tensor, v: Tensor, scale: float,
-                                       residual: Optional[Tensor]) -> Tensor:
-    """The fused path of pixels attending over a few tokens, for pixels stored channel by
-    channel (an NCHW map): the same products transposed, so that every (d, N) operand is
-    read, and the output written, in that order (``out^T = res^T + v^T softmax(k q^T)``).
-    """
-    logits_t = torch.matmul(k, q.transpose(-2, -1))  # k q^T: (B..., N_k, N_q)
-    if scale != 1:
-        logits_t = logits_t * scale
-    weights_t = at_least_float32(logits_t).softmax(-2).to(v.dtype)  # over the keys
-    v_t = v.transpose(-2, -1)  # (B..., d_v, N_k)
-    if residual is None:
-        out_t = torch.matmul(v_t, weights_t)
-    else:
-        out_t = _baddbmm(residual.transpose(-2, -1), v_t, weights_t)  # (B..., d_v, N_q)
-    return out_t.transpose(-2, -1)  # (B..., N_q, d_v), stored channel by channel
+    weights = (logits.softmax(-1) if softmax is None else softmax(logits)).to(v.dtype)
+    out = torch.matmul(weights, v)  # A v
+    return (out if residual is None else residual + out), weights

@@ -71,20 +71,19 @@ class Projector(nn.Module):
             raise ValueError(f'Projector expects tokens of shape (B={x.shape[0]}, L, '
                              f'{self.token_channels}), got {tuple(tokens.shape)}')
         _, _, h, w = x.shape
-        pixels = flatten_pixels(x)  # X: (B, N, C)
-        keys = self.key(tokens)  # T W_K: (B, L, d)
+        pixels = flatten_pixels(x)[:, None]  # X: (B, 1, N, C), one head
+        keys = self.key(tokens)[:, None]  # T W_K: (B, 1, L, d)
         if self.fast:
-            # Token space: T W_K W_Q^T / sqrt(d), (B, L, d) x (d, C) -> (B, L, C); the
-            # 1/sqrt(d) is applied to these L x C numbers rather than to N x L logits.
+            # Token space: T W_K W_Q^T / sqrt(d), (B, 1, L, d) x (d, C) -> (B, 1, L, C);
+            # the 1/sqrt(d) is applied to these L x C numbers rather than to N x L logits.
             # (nn.Linear stores W_Q^T, so self.query.weight is (d, C).)
             queries, keys = pixels, torch.matmul(keys, self.query.weight) * self.scale
             scale = 1.0
         else:
-            queries, scale = self.query(pixels), self.scale  # X W_Q: (B, N, d)
-        values = self.value(tokens)  # T W_V: (B, L, C)
-        # X_in + softmax_L(queries keys^T) T W_V     (B, 1, N, .) x (B, 1, L, .) -> (B, 1, N, C)
-        out, _ = attention(queries[:, None], keys[:, None], values[:, None], scale=scale,
-                           fused=self.fused_attn, softmax=self.attn_softmax,
-                           residual=pixels[:, None])
+            queries, scale = self.query(pixels), self.scale  # X W_Q: (B, 1, N, d)
+        values = self.value(tokens)[:, None]  # T W_V: (B, 1, L, C)
+        # X_in + softmax_L(queries keys^T) T W_V                               (B, 1, N, C)
+        out, _ = attention(queries, keys, values, scale=scale, fused=self.fused_attn,
+                           softmax=self.attn_softmax, residual=pixels)
         # squeeze, not [:, 0]: its gradient is a view of the incoming one, in its layout
         return unflatten_pixels(out.squeeze(1), h, w)  # Eq. (5)

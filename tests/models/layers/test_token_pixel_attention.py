@@ -1,0 +1,113 @@
+"""The fused few-token attention: its own backward against autograd's, in every layout."""
+import pytest
+import torch
+
+from vtseg.models.layers.token_pixel_attention import token_pixel_attention
+
+B, N, C, L = 2, 23, 6, 3
+
+
+def _pixels(channels_major, *batch, channels=C):
+    """(B..., N, C) pixels stored one pixel per row, or one channel per row (NCHW)."""
+    if channels_major:
+        return torch.randn(*batch, channels, N, dtype=torch.float64).transpose(-2, -1)
+    return torch.randn(*batch, N, channels, dtype=torch.float64)
+
+
+def _reference(q, k, v, scale, residual):
+    out = torch.softmax(q @ k.transpose(-2, -1) * scale, -1) @ v
+    return out if residual is None else residual + out
+
+
+def _runs_own_backward(out):
+    """Whether the autograd graph of ``out`` holds the fused path's backward node."""
+    nodes, seen = [out.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name().endswith('TokenPixelAttentionBackward'):
+            return True
+        nodes.extend(n for n, _ in node.next_functions)
+    return False
+
+
+CASES = {
+    # tokenizers: a few queries over the pixels, keys and values the same map
+    'tokens-over-pixels': lambda cm: dict(q=torch.randn(B, 1, L, C), k='x', v='x'),
+    'tokens-over-pixels-values-apart': lambda cm: dict(q=torch.randn(B, 1, L, C), k='x',
+                                                       v=_pixels(cm, B, 1, channels=4)),
+    # projector: the pixels over a few keys, with the pixels as the residual
+    'pixels-over-tokens': lambda cm: dict(q='x', k=torch.randn(B, 1, L, C),
+                                          v=torch.randn(B, 1, L, C), residual='x'),
+    'pixels-over-tokens-residual-apart': lambda cm: dict(
+        q=_pixels(False, B, 1, channels=5), k=torch.randn(B, 1, L, 5),
+        v=torch.randn(B, 1, L, C), residual='x'),
+    'pixels-over-tokens-no-residual': lambda cm: dict(q='x', k=torch.randn(B, 1, L, C),
+                                                      v=torch.randn(B, 1, L, 4)),
+}
+
+
+@pytest.mark.parametrize('channels_major', [False, True], ids=['channels_last', 'nchw'])
+@pytest.mark.parametrize('scale', [1.0, 0.4])
+@pytest.mark.parametrize('case', list(CASES))
+def test_backward_matches_autograd(case, scale, channels_major):
+    torch.manual_seed(0)
+    spec = CASES[case](channels_major)
+    x = _pixels(channels_major, B, 1).requires_grad_()
+    args = {}
+    for name, t in spec.items():
+        args[name] = x if isinstance(t, str) else t.double().requires_grad_()
+
+    def fused(x, *others):
+        named = dict(zip([n for n in spec if not isinstance(spec[n], str)], others))
+        full = {n: (x if isinstance(spec[n], str) else named[n]) for n in spec}
+        return token_pixel_attention(full['q'], full['k'], full['v'], scale=scale,
+                                     residual=full.get('residual'))
+
+    others = [args[n] for n in spec if not isinstance(spec[n], str)]
+    assert _runs_own_backward(fused(x, *others))
+    torch.autograd.gradcheck(fused, (x, *others))
+    reference = _reference(args['q'], args['k'], args['v'], scale, args.get('residual'))
+    torch.testing.assert_close(fused(x, *others), reference)
+
+
+@pytest.mark.parametrize('channels_major', [False, True], ids=['channels_last', 'nchw'])
+def test_map_gradient_keeps_the_maps_layout(channels_major):
+    """A tokenizer's gradient reaches its map in the map's memory format."""
+    x = _pixels(channels_major, B, 1).float().requires_grad_()
+    q = torch.randn(B, 1, L, C, requires_grad=True)
+    token_pixel_attention(q, x, x, scale=1.0).square().sum().backward()
+    assert (x.grad.stride(-2) == 1) == channels_major, x.grad.stride()
+
+
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')
+def test_inference_and_traces_run_the_plain_products():
+    """Without gradients (and inside a trace: FLOP counting, ONNX export) the forward is
+    plain tensor ops, with the same result."""
+    x = torch.randn(B, 1, N, C)
+    q = torch.randn(B, 1, L, C, requires_grad=True)
+    with torch.no_grad():
+        plain = token_pixel_attention(q, x, x, scale=1.0)
+    assert plain.grad_fn is None
+    assert _runs_own_backward(token_pixel_attention(q, x, x, scale=1.0))
+    traced = torch.jit.trace(lambda q: token_pixel_attention(q, x, x, scale=1.0), (q,))
+    assert 'PythonOp' not in str(traced.graph)
+    torch.testing.assert_close(traced(q), plain)
+    torch.testing.assert_close(token_pixel_attention(q, x, x, scale=1.0), plain)
+
+
+def test_bfloat16_gradients_follow_float32():
+    torch.manual_seed(0)
+    x = torch.randn(B, 1, 200, C)
+    k, v = torch.randn(B, 1, L, C), torch.randn(B, 1, L, C)
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        xi = x.to(dtype).detach().requires_grad_()
+        ki = k.to(dtype).detach().requires_grad_()
+        token_pixel_attention(xi, ki, v.to(dtype), scale=1.0,
+                              residual=xi).float().square().mean().backward()
+        grads.append((xi.grad.float(), ki.grad.float()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=3e-2, atol=3e-2)
