@@ -14,7 +14,7 @@ shapes and memory layouts, never by the machine:
   the layout of the map it belongs to;
 * the gradient of the few tokens is a reduction over the pixels written as ``(L, N) x (N,
   C)``. (Autograd of ``bmm`` forms it as ``(C, N) x (N, L)``, an orientation MKL runs
-  about five times slower.)
+  several times slower.)
 * the gradients that flow back into a map are written in one pass: the residual's
   gradient is the ``C`` of a ``baddbmm``, and when the keys and values are the same map
   (the tokenizers) their two gradients are one product with ``2 L`` inner terms.
