@@ -111,3 +111,15 @@ def test_bfloat16_gradients_follow_float32():
         grads.append((xi.grad.float(), ki.grad.float()))
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=3e-2, atol=3e-2)
+
+
+def test_batch_dims_broadcast_as_in_matmul():
+    """Keys and values shared by every image broadcast over the queries' batch dims."""
+    torch.manual_seed(0)
+    x = torch.randn(B, 2, N, C, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, L, C, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(L, 4, dtype=torch.float64, requires_grad=True)
+    out = token_pixel_attention(x, k, v, scale=0.5)
+    torch.testing.assert_close(out, _reference(x, k, v, 0.5, None))
+    torch.autograd.gradcheck(lambda x, k, v: token_pixel_attention(x, k, v, scale=0.5),
+                             (x, k, v))

@@ -50,11 +50,11 @@ def token_pixel_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
         (B..., N_q, d_v); for pixel queries in the memory layout of ``residual`` (of
         ``q`` without one).
     """
-    batch = q.shape[:-2]
     v_is_k, residual_is_q = v is k, residual is q
-    q3, k3 = _flat(q), _flat(k)
-    v3 = None if v_is_k else _flat(v)
-    res3 = None if residual is None or residual_is_q else _flat(residual)
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q3, k3 = _flat(q, batch), _flat(k, batch)
+    v3 = None if v_is_k else _flat(v, batch)
+    res3 = None if residual is None or residual_is_q else _flat(residual, batch)
     tensors = [t for t in (q, k, v, residual) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) \
             and not torch.jit.is_tracing():
@@ -65,9 +65,10 @@ def token_pixel_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
     return out.view(*batch, *out.shape[-2:])
 
 
-def _flat(t: Tensor) -> Tensor:
-    """(B..., n, c) -> (prod(B...), n, c), a view for the tensors attention gets."""
-    return t.reshape(-1, *t.shape[-2:])
+def _flat(t: Tensor, batch: torch.Size) -> Tensor:
+    """(B..., n, c), broadcast to ``batch``, -> (prod(batch), n, c); a view for the tensors
+    the VT blocks pass."""
+    return t.expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:])
 
 
 def _softmax(logits: Tensor, scale: float, dim: int) -> Tensor:
