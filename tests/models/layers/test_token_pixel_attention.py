@@ -123,3 +123,23 @@ def test_batch_dims_broadcast_as_in_matmul():
     torch.testing.assert_close(out, _reference(x, k, v, 0.5, None))
     torch.autograd.gradcheck(lambda x, k, v: token_pixel_attention(x, k, v, scale=0.5),
                              (x, k, v))
+
+
+@pytest.mark.parametrize('case', ['tokens-over-pixels', 'pixels-over-tokens'])
+def test_backward_under_autocast(case):
+    """Under bfloat16 autocast (float32 inputs, products in bfloat16) the gradients have the
+    inputs' dtype and follow those of float32."""
+    torch.manual_seed(0)
+    x = torch.randn(B, 1, 200, C)
+    t = torch.randn(B, 1, L, C)
+    grads = []
+    for autocast in (False, True):
+        xi, ti = x.clone().requires_grad_(), t.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = (token_pixel_attention(ti, xi, xi, scale=1.0) if case.startswith('tokens')
+                   else token_pixel_attention(xi, ti, ti, scale=1.0, residual=xi))
+        out.float().square().mean().backward()
+        assert xi.grad.dtype == ti.grad.dtype == torch.float32
+        grads.append((xi.grad, ti.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=5e-2, atol=5e-2)

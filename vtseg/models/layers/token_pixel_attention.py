@@ -140,6 +140,9 @@ class _TokenPixelAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, k, v, weights = ctx.saved_tensors
+        # Under autocast the forward's products ran in the output's dtype (bf16/fp16 for
+        # float32 inputs); the backward runs outside autocast and does the same.
+        q, k, v = (t.to(grad.dtype) for t in (q, k, v))
         need_q, need_k, need_v, need_res = ctx.needs_input_grad[:4]
         if ctx.v_is_k:
             need_k = need_k or need_v
