@@ -38,6 +38,11 @@ CASES = {
     'tokens-over-pixels': lambda cm: dict(q=torch.randn(B, 1, L, C), k='x', v='x'),
     'tokens-over-pixels-values-apart': lambda cm: dict(q=torch.randn(B, 1, L, C), k='x',
                                                        v=_pixels(cm, B, 1, channels=4)),
+    # residuals, which no VT block adds to tokens: apart from, or the same as the queries
+    'tokens-over-pixels-residual-apart': lambda cm: dict(q=torch.randn(B, 1, L, C), k='x',
+                                                         v='x', residual=torch.randn(B, 1, L, C)),
+    'tokens-over-pixels-residual-is-q': lambda cm: dict(q=torch.randn(B, 1, L, C), k='x',
+                                                        v='x', residual='q'),
     # projector: the pixels over a few keys, with the pixels as the residual
     'pixels-over-tokens': lambda cm: dict(q='x', k=torch.randn(B, 1, L, C),
                                           v=torch.randn(B, 1, L, C), residual='x'),
@@ -56,20 +61,23 @@ def test_backward_matches_autograd(case, scale, channels_major):
     torch.manual_seed(0)
     spec = CASES[case](channels_major)
     x = _pixels(channels_major, B, 1).requires_grad_()
-    args = {}
-    for name, t in spec.items():
-        args[name] = x if isinstance(t, str) else t.double().requires_grad_()
+    own = [n for n in spec if not isinstance(spec[n], str)]  # 'x': the map, 'q': the queries
+
+    def resolve(x, *others):
+        full = dict(zip(own, others), x=x)
+        full.update((n, full[spec[n]]) for n in spec if isinstance(spec[n], str))
+        return full
 
     def fused(x, *others):
-        named = dict(zip([n for n in spec if not isinstance(spec[n], str)], others))
-        full = {n: (x if isinstance(spec[n], str) else named[n]) for n in spec}
+        full = resolve(x, *others)
         return token_pixel_attention(full['q'], full['k'], full['v'], scale=scale,
                                      residual=full.get('residual'))
 
-    others = [args[n] for n in spec if not isinstance(spec[n], str)]
+    others = [spec[n].double().requires_grad_() for n in own]
     assert _runs_own_backward(fused(x, *others))
     torch.autograd.gradcheck(fused, (x, *others))
-    reference = _reference(args['q'], args['k'], args['v'], scale, args.get('residual'))
+    full = resolve(x, *others)
+    reference = _reference(full['q'], full['k'], full['v'], scale, full.get('residual'))
     torch.testing.assert_close(fused(x, *others), reference)
 
 

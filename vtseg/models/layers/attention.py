@@ -14,8 +14,10 @@ Every VT block is dot-product attention ``softmax(q k^T * scale) v``:
 
 :func:`attention` evaluates it on one of two paths, equal up to rounding:
 
-* **fused**: :func:`torch.nn.functional.scaled_dot_product_attention`, which never
-  materialises the (N_q, N_k) weights (flash/memory-efficient kernels on CPU and GPU);
+* **fused**: :func:`torch.nn.functional.scaled_dot_product_attention` among tokens, which
+  never materialises the (N_q, N_k) weights (flash/memory-efficient kernels on CPU and
+  GPU), and :mod:`~vtseg.models.layers.token_pixel_attention` between a few tokens and a
+  map's pixels (GEMMs over the pixel axis, with a backward of its own);
 * **explicit**: ``matmul``, ``softmax``, ``matmul`` with the paper's letters; the softmax
   runs in at least float32 through a named ``nn.Softmax`` module (``attn_softmax`` of each
   block) so forward hooks can observe the weights.
