@@ -113,17 +113,20 @@ def test_projector_keeps_the_memory_format_of_its_map(memory_format, fused):
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
                          ids=['nchw', 'channels_last'])
-@pytest.mark.parametrize('name', ['projector', 'projector-literal'])
-def test_projector_hands_the_gradient_back_in_the_maps_memory_format(name, memory_format):
-    """The projector's output is a view of its result, so the gradient reaching its map
-    has the map's layout (no zero-filled copy, no layout change on the way back)."""
+@pytest.mark.parametrize('name', ['filter', 'recurrent', 'clustering', 'projector',
+                                  'projector-literal', 'vt-module'])
+def test_gradient_of_a_map_comes_back_in_its_memory_format(name, memory_format):
+    """On the fused path the gradient reaching a map has the map's layout (the projector's
+    output is a view of its result, the few-token backward writes in the map's layout), so
+    what made the map (an NCHW model's lateral conv and BatchNorm) never reads a
+    mixed-layout gradient."""
     block = _blocks()[name]
     leaf = torch.randn(2, C, 13, 11, requires_grad=True)
     x = (leaf * 1).contiguous(memory_format=memory_format)  # a map some layer produced
     grads = []
     x.register_hook(grads.append)
-    out = block(x, torch.randn(2, L, CT))
-    (out * torch.randn_like(out)).sum().backward()
+    outs = _run(name, block, x, torch.randn(2, L, CT))
+    sum((o * torch.randn_like(o)).sum() for o in outs).backward()
     assert grads[0].is_contiguous(memory_format=memory_format), grads[0].stride()
 
 
