@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from mmengine.config import Config
 
@@ -79,10 +82,59 @@ def as_cli(opts: Dict[str, object]) -> List[str]:
         for k, v in opts.items()]
 
 
+def _descendants(pid: int) -> List[int]:
+    """Every live descendant of ``pid`` (from ``/proc``; empty where there is none)."""
+    children: Dict[int, List[int]] = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def run_command(cmd: Sequence[str], *, timeout: float, cwd=REPO,
+                env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` and return it completed, with stdout and stderr (as text).
+
+    Unlike ``subprocess.run(timeout=)``, a command that overruns fails the test with its
+    output so far instead of hanging it: the output goes to files, not pipes, which
+    grandchildren (torchrun workers, data-loader workers) could hold open, and on timeout
+    the command's whole process tree is killed, including workers in sessions of their own.
+    """
+    cmd = [str(c) for c in cmd]
+    with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=out, stderr=err,
+                                text=True, start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            for pid in [proc.pid, *_descendants(proc.pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out:
+        pytest.fail(f'{" ".join(cmd)} did not finish within {timeout:.0f} s and was killed '
+                    f'with its child processes. Its output:\n{(stdout + stderr)[-5000:]}')
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def run(*args, expect_rc=0, timeout: int = 300, env=None) -> str:
     """Run ``python *args``; return stdout + stderr, checking the exit status."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_command([sys.executable, *args], timeout=timeout, env=env)
     out = proc.stdout + proc.stderr
     if expect_rc is not None:
         assert proc.returncode == expect_rc, out[-5000:]

@@ -3,7 +3,7 @@
 #
 # Idempotent: when requirements.txt and pyproject.toml are unchanged since the last
 # successful run and the environment still imports, it returns in seconds. The first run
-# compiles mmcv's ops from source (about 13 minutes on 2 cores); pip caches the wheel, so
+# compiles mmcv's ops from source (13 to 30 minutes on 2 cores); pip caches the wheel, so
 # rebuilding the environment later on the same machine takes about a minute.
 #
 # Environment: PYTHON (interpreter for the venv, default python3.11 or python3),
@@ -41,7 +41,7 @@ pin() { grep -E "^$1==" requirements.txt; }
 echo "[setup] installing $(pin torch) and $(pin mmengine)"
 pip install -q "$(pin torch)" "$(pin mmengine)"
 if ! "$VENV/bin/python" -c "import mmcv.ops" 2>/dev/null; then
-    echo "[setup] installing $(pin mmcv) with compiled ops (first time on a machine: ~13 min)"
+    echo "[setup] installing $(pin mmcv) with compiled ops (first time on a machine: 13-30 min)"
     # --no-build-isolation: build against the torch installed above instead of letting pip
     # fetch another (CUDA) torch into a throw-away build environment.
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \

@@ -1,10 +1,10 @@
 """Helpers of the deployment tests: configs, tiny model options, tools, checkpoints."""
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from helpers import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = {'vtfpn': 'configs/demo/vtfpn_r18_vtdemo.py', 'fpn': 'configs/demo/fpn_r18_vtdemo.py'}
@@ -31,8 +31,7 @@ def as_cli(opts):
 
 
 def run_tool(*args, expect_rc=0, timeout=600):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_command([sys.executable, *args], cwd=ROOT, env=ENV, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == expect_rc, out[-4000:]
     return out

@@ -2,18 +2,14 @@
 import os
 import re
 import socket
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from mmengine.config import Config
-from mmengine.registry import MODEL_WRAPPERS
-from torch import nn
+from helpers import run_command
 
 from vtseg.datasets.demo import generate_demo_data
-from vtseg.engine import CPUDistributedDataParallel, setup_distributed
 from vtseg.engine.dist import _rendezvous_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,33 +60,48 @@ def test_missing_rendezvous_names_the_launcher(clean_env):
         _rendezvous_env('slurm')
 
 
+# Runs in a process of its own: a process group is process-wide state, and a stuck gloo
+# call then fails this test after GLOO_TIMEOUT seconds instead of hanging the suite.
+GLOO_TIMEOUT = 120
+GLOO_AND_DDP = """
+import torch, torch.distributed as dist
+from mmengine.config import Config
+from mmengine.registry import MODEL_WRAPPERS
+from torch import nn
+from vtseg.engine import CPUDistributedDataParallel, setup_distributed
+
+cfg = Config(dict(model_wrapper_cfg=dict(find_unused_parameters=True),
+                  env_cfg=dict(dist_cfg=dict(timeout=60))))
+setup_distributed(cfg, 'pytorch')
+assert dist.is_initialized() and dist.get_backend() == 'gloo'
+assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+assert cfg.model_wrapper_cfg == dict(type='CPUDistributedDataParallel',
+                                     find_unused_parameters=True, broadcast_buffers=False)
+# What Runner.wrap_model does with a DDP subclass:
+model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.Conv2d(4, 2, 1))
+wrapper = MODEL_WRAPPERS.build(dict(cfg.model_wrapper_cfg),
+                               default_args=dict(module=model, device_ids=[0]))
+assert isinstance(wrapper, CPUDistributedDataParallel)
+assert not any(isinstance(m, nn.SyncBatchNorm) for m in wrapper.modules())
+wrapper(torch.randn(2, 3, 8, 8)).sum().backward()
+assert all(p.grad is not None for p in wrapper.parameters())
+dist.destroy_process_group()
+print('gloo and DDP ok')
+"""
+
+
 @needs_cpu_only
-def test_gloo_group_and_cpu_ddp_wrapper(clean_env):
+def test_gloo_group_and_cpu_ddp_wrapper():
     """setup_distributed starts gloo (no CUDA call) and the Runner-style wrapper call with
     ``device_ids`` yields a working DDP module without SyncBN."""
-    for name, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
-                            MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port())).items():
-        clean_env.setenv(name, value)
-    cfg = Config(dict(model_wrapper_cfg=dict(find_unused_parameters=True)))
-    try:
-        setup_distributed(cfg, 'pytorch')
-        assert dist.is_initialized() and dist.get_backend() == 'gloo'
-        assert cfg.env_cfg.dist_cfg.backend == 'gloo'
-        assert cfg.model_wrapper_cfg == dict(type='CPUDistributedDataParallel',
-                                             find_unused_parameters=True,
-                                             broadcast_buffers=False)
-        # What Runner.wrap_model does with a DDP subclass:
-        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.Conv2d(4, 2, 1))
-        wrapper_cfg = dict(cfg.model_wrapper_cfg)
-        wrapper = MODEL_WRAPPERS.build(wrapper_cfg,
-                                       default_args=dict(module=model, device_ids=[0]))
-        assert isinstance(wrapper, CPUDistributedDataParallel)
-        assert not any(isinstance(m, nn.SyncBatchNorm) for m in wrapper.modules())
-        wrapper(torch.randn(2, 3, 8, 8)).sum().backward()
-        assert all(p.grad is not None for p in wrapper.parameters())
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    env.update(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(free_port()), OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    proc = run_command([sys.executable, '-c', GLOO_AND_DDP], cwd=ROOT, env=env,
+                       timeout=GLOO_TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'gloo and DDP ok' in out
 
 
 @pytest.fixture(scope='module')
@@ -106,10 +117,9 @@ def _tiny_cli(data_root):
 
 
 def _run_script(*args, timeout=300):
-    env = dict(os.environ, PORT=str(free_port()), PYTHON=os.sys.executable,
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable,
                OMP_WAIT_POLICY='PASSIVE', PYTHONWARNINGS='ignore')
-    proc = subprocess.run(['bash', *map(str, args)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = run_command(['bash', *args], cwd=ROOT, env=env, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return out
