@@ -111,7 +111,7 @@ def run_command(cmd: Sequence[str], *, timeout: float, cwd=REPO,
     cmd = [str(c) for c in cmd]
     with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=out, stderr=err,
-                                text=True, start_new_session=True)
+                                start_new_session=True)
         timed_out = False
         try:
             proc.wait(timeout=timeout)

@@ -2,13 +2,14 @@
 Functional only: nothing here asserts a timing."""
 import importlib.util
 import json
+import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_command
 
 from vtseg.analysis.benchmark import (
     BenchmarkSettings,
@@ -160,12 +161,12 @@ def test_scaling_exponent_of_linear_times():
 @pytest.mark.slow  # builds and runs two whole R-50 segmentors (at 64x64)
 def test_cli_writes_table_json_and_plot(tmp_path):
     out = tmp_path / 'bench'
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/benchmark.py'), '--models', 'neck,r50',
+    proc = run_command(
+        [sys.executable, ROOT / 'tools/benchmark.py', '--models', 'neck,r50',
          '--sizes', '64x64', '--repeats', '1', '--warmup', '0',
          '--forms', 'eager,channels_last', '--train-sizes', '64x64',
-         '--matmul-size', '64', '--threads', '1', '--clock', 'cpu', '--out-dir', str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+         '--matmul-size', '64', '--threads', '1', '--clock', 'cpu', '--out-dir', out],
+        cwd=ROOT, env=dict(os.environ), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '| R-50 | 64x64 | 1 | eager |' in proc.stdout
     assert '| neck | 64x64 | 1 | channels_last |' in proc.stdout

@@ -3,13 +3,12 @@ leaves model tensors unset, listing them, unless a partial load is asked for."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, VTFPN, tiny_options
+from helpers import REPO, VTFPN, run_command, tiny_options
 from mmengine.config import Config
 
 from vtseg.apis import VTSegInferencer, init_model
@@ -73,10 +72,10 @@ def test_attention_tool_refuses_then_allows(fpn_checkpoint, demo_data, tmp_path)
     cmd = [sys.executable, str(REPO / 'tools' / 'visualize_attention.py'), str(VTFPN),
            fpn_checkpoint, str(image), '--out-dir', str(tmp_path), '--cfg-options', *opts]
     env = dict(os.environ, PYTHONWARNINGS='ignore', PYTHONPATH=str(REPO))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = run_command(cmd, timeout=300, env=env)
     assert proc.returncode != 0 and MISSING in proc.stderr, proc.stderr[-2000:]
     assert 'error: ' in proc.stderr and not (tmp_path / 'entropy.json').exists()
-    proc = subprocess.run(cmd + ['default_hooks.checkpoint_report.allow_missing=True'],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = run_command(cmd + ['default_hooks.checkpoint_report.allow_missing=True'],
+                       timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / 'entropy.json').is_file()

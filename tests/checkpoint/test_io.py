@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import VTFPN, tiny_options
+from helpers import VTFPN, run_command, tiny_options
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 
@@ -91,11 +91,10 @@ def test_attention_tool_names_the_file(bad_files, demo_data, tmp_path):
     opts = [f'{k}=[{",".join(map(str, v))}]' if isinstance(v, list) else f'{k}={v}'
             for k, v in tiny_options(demo_data).items()]
     tool = Path(__file__).resolve().parents[2] / 'tools' / 'visualize_attention.py'
-    proc = subprocess.run([sys.executable, str(tool), str(VTFPN), path, str(image),
-                           '--out-dir', str(tmp_path), '--cfg-options', *opts],
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONWARNINGS='ignore',
-                                   PYTHONPATH=str(tool.parents[1])))
+    proc = run_command([sys.executable, tool, VTFPN, path, image,
+                        '--out-dir', tmp_path, '--cfg-options', *opts], timeout=300,
+                       env=dict(os.environ, PYTHONWARNINGS='ignore',
+                                PYTHONPATH=str(tool.parents[1])))
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and path in last and message in last, proc.stderr[-2000:]

@@ -6,13 +6,13 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import mmcv
 import numpy as np
 import pytest
+from helpers import run_command
 from mmengine.config import Config
 
 import vtseg  # noqa: F401
@@ -62,20 +62,19 @@ def _data_options(root):
 
 # ------------------------------------------------------------------ case 5: tools/train.py
 def test_bad_model_value_is_one_error_line_and_exit_2(demo_data, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, 'tools/train.py', VTFPN, '--work-dir', str(tmp_path / 'w'),
+    proc = run_command(
+        [sys.executable, 'tools/train.py', VTFPN, '--work-dir', tmp_path / 'w',
          '--cfg-options', 'model.neck.num_tokens=0', *_data_options(demo_data)],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, env=ENV, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert _errors(proc.stderr) == [
         'error: VTFPN: num_tokens must be a positive integer, got 0'], proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr
     # --debug (or VTSEG_DEBUG=1) adds the traceback, the error line stays last.
-    proc = subprocess.run(
-        [sys.executable, 'tools/train.py', VTFPN, '--work-dir', str(tmp_path / 'w'),
+    proc = run_command(
+        [sys.executable, 'tools/train.py', VTFPN, '--work-dir', tmp_path / 'w',
          '--cfg-options', 'model.neck.num_tokens=0', *_data_options(demo_data)],
-        cwd=ROOT, env=dict(ENV, VTSEG_DEBUG='1'), capture_output=True, text=True,
-        timeout=300)
+        cwd=ROOT, env=dict(ENV, VTSEG_DEBUG='1'), timeout=300)
     assert proc.returncode == 2 and 'Traceback (most recent call last)' in proc.stderr
     assert proc.stderr.rstrip().splitlines()[-1].startswith('error: VTFPN: num_tokens')
 
