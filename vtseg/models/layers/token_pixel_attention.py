@@ -107,10 +107,14 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
         return (out if residual is None else residual + out), weights
     # the pixels over a few keys (projector): weights and output in the residual's layout
     channels_major = is_channels_major(q if residual is None else residual)
-    if channels_major:  # softmax over the keys of k q^T: (B, L, N)
-        weights = _softmax(torch.bmm(k, q.transpose(1, 2)), scale, 1).transpose(1, 2)
-    else:
-        weights = _softmax(torch.bmm(q, k.transpose(1, 2)), scale, -1)  # (B, N, L)
+    if channels_major:  # k q^T: (B, L, N), contiguous
+        logits_t = torch.bmm(k, q.transpose(1, 2))
+    else:  # q k^T: (B, N, L), contiguous, seen as its (B, L, N) transpose
+        logits_t = torch.bmm(q, k.transpose(1, 2)).transpose(1, 2)
+    # The softmax over the few keys runs over the outer axis of (B, L, N), vectorised along
+    # the pixels: as the last axis of (B, N, L) it would run one L-long row at a time. The
+    # weights keep the logits' memory layout.
+    weights = _softmax(logits_t, scale, 1).transpose(1, 2)  # (B, N, L)
     out = _pixel_product(weights.to(v.dtype), v, channels_major=channels_major,
                          add=residual)  # residual + A v: (B, N, d_v)
     return out, weights
