@@ -99,7 +99,7 @@ def build_parser() -> ArgumentParser:
                              'configs declare (HostMemoryHook; default); system: the C '
                              'library default, every large map mapped and faulted in afresh')
     parser.add_argument('--matmul-size', type=positive_int, default=2048,
-                        help='side of the square fp32 matmul that measures the peak rate')
+                        help='side of the square fp32 torch.matmul whose rate the table reports')
     parser.add_argument('--out-dir', default='work_dirs/benchmark', type=work_dir,
                         help='where benchmark.{json,md} and benchmark_latency.png go')
     parser.add_argument('--from-json', default=None, metavar='BENCHMARK_JSON',

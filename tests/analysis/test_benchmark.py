@@ -99,10 +99,16 @@ def test_benchmark_end_to_end(tmp_path):
     assert {'cpu', 'cpu_isa', 'logical_cores', 'torch', 'threads', 'device',
             'host_memory_reused'} <= set(results['machine'])
     assert results['matmul_gmacs']['peak'] > 0
-    rows = results['measurements']
     forms = TINY['forms']
-    assert [(m['neck'], m['form'], m['batch']) for m in rows] == [
-        (n, f, b) for b in (1, 2) for n in ('FPN', 'VT-FPN') for f in forms]
+    torch_forms = [f for f in forms if f != 'onnxruntime']
+    # Per batch: both necks in every form, then VT-FPN's lateral convs alone (its floor)
+    # in every PyTorch form.
+    assert [(m['kind'], m['neck'], m['form'], m['batch']) for m in results['measurements']] \
+        == [row for b in (1, 2) for row in
+            [('inference', n, f, b) for n in ('FPN', 'VT-FPN') for f in forms]
+            + [('floor', 'VT-FPN', f, b) for f in torch_forms]]
+    rows = [m for m in results['measurements'] if m['kind'] == 'inference']
+    floor_rows = [m for m in results['measurements'] if m['kind'] == 'floor']
     for m in rows:
         assert m['kind'] == 'inference' and m['mode'] == 'neck' and m['size'] == [64, 64]
         assert len(m['times_s']) == 1
@@ -118,6 +124,8 @@ def test_benchmark_end_to_end(tmp_path):
     # Both necks run the same lateral 1x1 convs: VT-FPN's floor is work FPN does too.
     assert fpn['lateral_macs'] == vt['lateral_macs'] > 0
     assert all(m['macs'] == (fpn if m['neck'] == 'FPN' else vt)['macs'] for m in rows)
+    assert all(m['macs'] == m['lateral_macs'] == vt['lateral_macs'] and len(m['times_s']) == 1
+               for m in floor_rows)
 
     best = best_forms(results)
     assert set(best) == {('inference', 'neck', (64, 64), 1), ('inference', 'neck', (64, 64), 2)}
@@ -134,7 +142,14 @@ def test_benchmark_end_to_end(tmp_path):
     assert 'Best against best' in table and 'VT-FPN floor' in table
     for form in forms:
         assert f'| neck | 64x64 | 1 | {form} |' in table
-    assert 'fp32 matmul peak' in table and results['machine']['cpu'] in table
+    assert 'torch.matmul fp32 rate' in table and results['machine']['cpu'] in table
+    for b in (1, 2):  # the floor row: the fastest lateral form against VT-FPN's best
+        floor = min((m for m in floor_rows if m['batch'] == b),
+                    key=lambda m: m['stats']['median'])
+        vt_best = best[('inference', 'neck', (64, 64), b)]['vt']['stats']['median']
+        assert (f'| 64x64 | {b} | {floor["macs"] / 1e9:.2f} | '
+                f'{floor["stats"]["median"] * 1e3:.1f} ({floor["form"]}) |') in table
+        assert f'| {100 * floor["stats"]["median"] / vt_best:.0f}% |' in table
     assert paths['plot'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert table.strip() == format_table(results)
 
@@ -225,16 +240,18 @@ def test_cli_redraws_from_json(tmp_path, capsys):
 
 
 
-@pytest.mark.slow  # compiles two necks (about a minute on 2 cores)
+@pytest.mark.slow  # compiles two necks and a few convs (about a minute on 2 cores)
 def test_compiled_forms_are_timed_after_compiling():
     logs = []
     results = run_benchmark(BenchmarkSettings(**{**TINY, 'forms': ['eager', 'optimized+compile'],
                                                  'throughput_sizes': [], 'memory': False}),
                             log=logs.append)
-    assert [(m['neck'], m['form']) for m in results['measurements']] == [
-        ('FPN', 'eager'), ('FPN', 'optimized+compile'), ('VT-FPN', 'eager'),
-        ('VT-FPN', 'optimized+compile')]
-    assert sum('compiled in' in line for line in logs) == 2
+    assert [(m['kind'], m['neck'], m['form']) for m in results['measurements']] == [
+        ('inference', 'FPN', 'eager'), ('inference', 'FPN', 'optimized+compile'),
+        ('inference', 'VT-FPN', 'eager'), ('inference', 'VT-FPN', 'optimized+compile'),
+        ('floor', 'VT-FPN', 'eager'), ('floor', 'VT-FPN', 'optimized+compile')]
+    # FPN, VT-FPN and VT-FPN's lateral convs (its floor), each compiled before timing
+    assert sum('compiled in' in line for line in logs) == 3
 
 
 def test_rounds_run_the_two_necks_next_to_each_other(monkeypatch):
@@ -253,4 +270,5 @@ def test_rounds_run_the_two_necks_next_to_each_other(monkeypatch):
                                        'throughput_sizes': [], 'memory': False}),
                   log=lambda _: None)
     assert orders == [[('FPN', 'eager'), ('VT-FPN', 'eager'), ('FPN', 'channels_last'),
-                       ('VT-FPN', 'channels_last')]]
+                       ('VT-FPN', 'channels_last')],
+                      ['eager', 'channels_last']]  # then VT-FPN's lateral convs alone

@@ -3,8 +3,8 @@
 Each model (the neck alone, or a whole segmentor) is timed in every form a user can get
 (:mod:`.forms`: eager, channels_last, the optimisation step, ``torch.compile``), all in
 the same interleaved rounds (:mod:`.runner`), and the best form of each is compared
-(:mod:`.report`). Peak memory (:mod:`.memory`), MACs and VT-FPN's floor (its lateral
-convs at the measured matmul rate, :mod:`.timing`) and the training step
+(:mod:`.report`). Peak memory (:mod:`.memory`), MACs, VT-FPN's floor (its lateral
+convs timed alone, :class:`.models.Laterals`) and the training step
 (:mod:`.train_step`) come with it.
 """
 from .forms import FORMS, TRAIN_FORMS

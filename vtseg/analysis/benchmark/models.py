@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..config_model import build_model_from_config, load_config
 from .settings import NECKS
 
-__all__ = ['config_path', 'backbone_shapes', 'NeckOnImage']
+__all__ = ['config_path', 'backbone_shapes', 'NeckOnImage', 'Laterals']
 
 
 def config_path(config_dir: str, neck: str, depth: int, dataset: str) -> Path:
@@ -47,3 +47,18 @@ class NeckOnImage(nn.Module):
 
     def forward(self, img: Tensor) -> Tuple[Tensor, ...]:
         return self.neck([img.new_zeros(img.shape[0], *s) for s in self.shapes])
+
+
+class Laterals(nn.Module):
+    """A neck's lateral 1x1 convs alone, each on its own input: VT-FPN's floor.
+
+    Both necks run these convs (the work FPN does too), so no neck can be faster than
+    them; the benchmark times this module in the same forms as the neck.
+    """
+
+    def __init__(self, neck: nn.Module) -> None:
+        super().__init__()
+        self.lateral_convs = neck.lateral_convs
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        return tuple(conv(x) for conv, x in zip(self.lateral_convs, inputs))

@@ -88,6 +88,18 @@ def best_forms(results: Dict[str, object]) -> Dict[Key, Dict[str, object]]:
     return out
 
 
+def _floors(results: Dict[str, object]) -> Dict[Key, Dict]:
+    """Per neck configuration that has both: the fastest form of VT-FPN's lateral convs
+    timed alone (the ``'floor'`` rows), keyed like :func:`best_forms`."""
+    best = best_forms(results)
+    out = {}
+    for (kind, mode, size, batch), necks in _groups(results).items():
+        key = ('inference', mode, size, batch)
+        if kind == 'floor' and key in best and necks.get('VT-FPN'):
+            out[key] = min(necks['VT-FPN'].values(), key=lambda m: m['stats']['median'])
+    return out
+
+
 def _ms(m: Dict) -> str:
     s = m['stats']
     return f'{s["median"] * 1e3:.1f} [{s["q1"] * 1e3:.0f}-{s["q3"] * 1e3:.0f}]'
@@ -118,18 +130,20 @@ def format_table(results: Dict[str, object]) -> str:
             f'({fpn["form"]}) | {_ms(vt)} ({vt["form"]}) | {b["speedup"]:.2f}x | '
             + (f'{b["macs_ratio"]:.2f}x' if b['macs_ratio'] else '-')
             + f' | {_mib(vt)} | {_mib(fpn)} |')
-    floors = [(key, b['vt']) for key, b in best.items()
-              if key[0] == 'inference' and key[1] == 'neck' and b['vt'].get('lateral_macs')]
+    floors = _floors(results)
     if floors:
-        lines += ['', f'**VT-FPN floor**: its lateral 1x1 convs (work FPN does too) at the '
-                  f'fp32 matmul peak ({peak:.1f} GMAC/s):', '',
-                  f'| input | batch | lateral GMACs | floor {unit} | VT-FPN best {unit} '
-                  '| fraction of floor speed |', '|---|---|---|---|---|---|']
-        for (_, _, size, batch), vt in floors:
-            floor_s = vt['lateral_macs'] * batch / peak / 1e9
-            lines.append(f'| {size[0]}x{size[1]} | {batch} | {vt["lateral_macs"] / 1e9:.2f} '
-                         f'| {floor_s * 1e3:.1f} | {vt["stats"]["median"] * 1e3:.1f} '
-                         f'| {100 * floor_s / vt["stats"]["median"]:.0f}% |')
+        lines += ['', '**VT-FPN floor**: its lateral 1x1 convs alone (work FPN does too), '
+                  'timed in the same forms, fastest form:', '',
+                  f'| input | batch | lateral GMACs | floor {unit} (form) | their GMAC/s '
+                  f'| VT-FPN best {unit} | fraction of floor speed |',
+                  '|---|---|---|---|---|---|---|']
+        for key, floor in floors.items():
+            (_, _, size, batch), vt = key, best[key]['vt']
+            floor_s, vt_s = floor['stats']['median'], vt['stats']['median']
+            lines.append(f'| {size[0]}x{size[1]} | {batch} | {floor["macs"] / 1e9:.2f} '
+                         f'| {floor_s * 1e3:.1f} ({floor["form"]}) '
+                         f'| {floor["macs"] * batch / floor_s / 1e9:.1f} '
+                         f'| {vt_s * 1e3:.1f} | {100 * floor_s / vt_s:.0f}% |')
     lines += ['', '**Every form**:', '',
               f'| model | input | batch | form | FPN {unit} | VT-FPN {unit} | FPN / VT-FPN '
               '| FPN MiB | VT-FPN MiB | FPN GMAC/s | VT-FPN GMAC/s |',
@@ -153,7 +167,7 @@ def format_table(results: Dict[str, object]) -> str:
     lines.append(f'Machine: {info["cpu"]} ({info.get("cpu_isa", "?")}), '
                  f'{info["logical_cores"]} logical cores, {info["threads"]} '
                  f'thread{"s" if info["threads"] != 1 else ""}, torch {info["torch"]}, '
-                 f'device {device}; fp32 matmul peak {peak:.1f} GMAC/s '
+                 f'device {device}; torch.matmul fp32 rate {peak:.1f} GMAC/s '
                  f'({results["settings"]["matmul_size"]}^3, best of before/after: '
                  f'{results["matmul_gmacs"]["before"]:.1f} / '
                  f'{results["matmul_gmacs"]["after"]:.1f}).')
@@ -171,7 +185,7 @@ def format_table(results: Dict[str, object]) -> str:
     if unit == 'CPU ms':
         lines.append('Clock: process CPU time of the single-threaded call (user + system, '
                      'page faults included), which leaves out the time other processes '
-                     'held the core; the matmul peak is measured the same way.')
+                     'held the core; the matmul rate is measured the same way.')
     lines.append('Times: median [interquartile range] of the timed repeats (per batch). '
                  'Speed-up: median over rounds of the FPN / VT-FPN time ratio, all forms '
                  'timed in every round. Memory: peak extra memory of one inference, MiB, '
@@ -208,7 +222,7 @@ def plot_latency(results: Dict[str, object], path: Path) -> Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    groups = _groups(results)
+    groups = {k: v for k, v in _groups(results).items() if k[0] != 'floor'}
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(3.2 * max(len(groups), 1), 4),
                              squeeze=False)
     colours = {'FPN': 'tab:blue', 'VT-FPN': 'tab:red'}

@@ -22,7 +22,7 @@ from ..config_model import build_model_from_config
 from ..flops import flop_analyzer
 from .forms import FORMS, TRAIN_FORMS, make_runner
 from .memory import peak_memory, release_freed_memory
-from .models import NeckOnImage, backbone_shapes, config_path
+from .models import Laterals, NeckOnImage, backbone_shapes, config_path
 from .report import load_average, machine_info
 from .settings import HOST_MEMORY, MODES, NECKS, BenchmarkSettings, default_dataset
 from .timing import interleaved_times, matmul_rate
@@ -35,7 +35,7 @@ __all__ = ['Measurement', 'run_benchmark']
 class Measurement:
     """One neck in one form and one configuration."""
 
-    kind: str                    # 'inference' or 'train'
+    kind: str                    # 'inference', 'train' or 'floor' (the lateral convs alone)
     mode: str                    # 'neck', 'r50' or 'r101'
     neck: str                    # 'FPN' or 'VT-FPN'
     form: str                    # a key of FORMS (inference) or TRAIN_FORMS (train)
@@ -146,8 +146,31 @@ def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict
                           costs[name][1], mem.get('tensors'), mem.get('rss'))
         out.append(row)
         _log_row(log, row, mem)
+    if is_neck:
+        out += _measure_floor(models['VT-FPN'], size, batch, paths['VT-FPN'], inputs,
+                              costs['VT-FPN'][1], settings, log)
     del models, inputs, fns
     release_freed_memory()
+    return out
+
+
+def _measure_floor(neck: torch.nn.Module, size: Tuple[int, int], batch: int, path: Path,
+                   inputs, lateral_macs: Optional[int], settings: BenchmarkSettings,
+                   log: Callable[[str], None]) -> List[Measurement]:
+    """Time VT-FPN's lateral convs alone (:class:`~.models.Laterals`) in every PyTorch
+    form: its floor, measured on this machine with the kernels the neck itself runs."""
+    laterals = Laterals(neck)
+    fns = {form: make_runner(FORMS[form], laterals, inputs, is_neck=True, log=log,
+                             label='laterals ')
+           for form in settings.forms if FORMS[form].prepare is not None}
+    times = interleaved_times(fns, warmup=settings.warmup, repeats=settings.repeats,
+                              device=settings.device, clock=settings.clock)
+    out = []
+    for form in fns:
+        row = Measurement('floor', 'neck', 'VT-FPN', form, tuple(size), batch, str(path),
+                          times[form], lateral_macs, lateral_macs)
+        out.append(row)
+        log(f'  laterals {form:<18} median {row.stats["median"] * 1e3:9.1f} ms')
     return out
 
 

@@ -21,7 +21,8 @@ def sync(device: str) -> None:
 
 def matmul_rate(device: str = 'cpu', size: int = 2048, repeats: int = 5,
                 clock: str = 'wall') -> float:
-    """Best fp32 GMAC/s of a ``size x size`` square matmul: the machine's practical peak."""
+    """Best fp32 GMAC/s of a ``size x size`` square ``torch.matmul`` (the BLAS library's
+    rate; convolutions run through oneDNN and can go faster, e.g. MKL on AMD CPUs)."""
     now = CLOCKS[clock]
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
