@@ -272,3 +272,30 @@ def test_rounds_run_the_two_necks_next_to_each_other(monkeypatch):
     assert orders == [[('FPN', 'eager'), ('VT-FPN', 'eager'), ('FPN', 'channels_last'),
                        ('VT-FPN', 'channels_last')],
                       ['eager', 'channels_last']]  # then VT-FPN's lateral convs alone
+
+
+def test_laterals_are_the_necks_lateral_convs_alone():
+    """The floor module runs exactly VT-FPN's lateral convs: their outputs and their MACs,
+    nothing of the VT blocks."""
+    from vtseg.analysis.benchmark.models import Laterals, backbone_shapes
+    from vtseg.analysis.config_model import build_model_from_config
+    from vtseg.analysis.flops import flop_analyzer
+
+    path = ROOT / 'configs' / 'vtfpn_r50_coco-stuff164k.py'
+    neck = build_model_from_config(path, part='neck')[0].eval()
+    inputs = [torch.randn(1, *s) for s in backbone_shapes(path, (64, 96))]
+    laterals = Laterals(neck)
+    with torch.no_grad():
+        outs = laterals(inputs)
+        expected = [conv(x) for conv, x in zip(neck.lateral_convs, inputs)]
+    assert len(outs) == len(neck.lateral_convs) == 4
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert all(p is q for p, q in zip(laterals.parameters(), neck.lateral_convs.parameters()))
+    # Per module (conv, norm, activation) the same MACs as inside the neck, which does more.
+    neck_macs = flop_analyzer(neck, (inputs,)).by_module()
+    lateral_macs = flop_analyzer(laterals, (inputs,)).by_module()
+    convs = [f'lateral_convs.{i}.conv' for i in range(4)]
+    assert all(lateral_macs[k] == neck_macs[k] > 0 for k in convs)
+    assert lateral_macs['lateral_convs'] == neck_macs['lateral_convs']
+    assert lateral_macs[''] == neck_macs['lateral_convs'] < neck_macs['']

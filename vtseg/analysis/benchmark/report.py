@@ -88,10 +88,9 @@ def best_forms(results: Dict[str, object]) -> Dict[Key, Dict[str, object]]:
     return out
 
 
-def _floors(results: Dict[str, object]) -> Dict[Key, Dict]:
-    """Per neck configuration that has both: the fastest form of VT-FPN's lateral convs
-    timed alone (the ``'floor'`` rows), keyed like :func:`best_forms`."""
-    best = best_forms(results)
+def _floors(results: Dict[str, object], best: Dict[Key, Dict[str, object]]) -> Dict[Key, Dict]:
+    """Per configuration of ``best`` (:func:`best_forms`) with ``'floor'`` rows: the
+    fastest form of VT-FPN's lateral convs timed alone."""
     out = {}
     for (kind, mode, size, batch), necks in _groups(results).items():
         key = ('inference', mode, size, batch)
@@ -130,7 +129,7 @@ def format_table(results: Dict[str, object]) -> str:
             f'({fpn["form"]}) | {_ms(vt)} ({vt["form"]}) | {b["speedup"]:.2f}x | '
             + (f'{b["macs_ratio"]:.2f}x' if b['macs_ratio'] else '-')
             + f' | {_mib(vt)} | {_mib(fpn)} |')
-    floors = _floors(results)
+    floors = _floors(results, best)
     if floors:
         lines += ['', '**VT-FPN floor**: its lateral 1x1 convs alone (work FPN does too), '
                   'timed in the same forms, fastest form:', '',

@@ -112,8 +112,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
     else:  # q k^T: (B, N, L), contiguous, seen as its (B, L, N) transpose
         logits_t = torch.bmm(q, k.transpose(1, 2)).transpose(1, 2)
     # The softmax over the few keys runs over the outer axis of (B, L, N), vectorised along
-    # the pixels: as the last axis of (B, N, L) it would run one L-long row at a time. The
-    # weights keep the logits' memory layout.
+    # the pixels: as the last axis of (B, N, L) it would run one L-long row at a time.
     weights = _softmax(logits_t, scale, 1).transpose(1, 2)  # (B, N, L)
     out = _pixel_product(weights.to(v.dtype), v, channels_major=channels_major,
                          add=residual)  # residual + A v: (B, N, d_v)
