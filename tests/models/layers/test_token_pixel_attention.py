@@ -51,6 +51,8 @@ CASES = {
         v=torch.randn(B, 1, L, C), residual='x'),
     'pixels-over-tokens-no-residual': lambda cm: dict(q='x', k=torch.randn(B, 1, L, C),
                                                       v=torch.randn(B, 1, L, 4)),
+    'pixels-over-tokens-values-are-keys': lambda cm: dict(q='x', k=torch.randn(B, 1, L, C),
+                                                          v='k', residual='x'),
 }
 
 
@@ -151,3 +153,46 @@ def test_backward_under_autocast(case):
         grads.append((xi.grad, ti.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('tokens_are_queries', [True, False], ids=['tokenizer', 'projector'])
+def test_sharp_attention_has_no_subnormal_weights(tokens_are_queries, dtype):
+    """Logits that fall through the dtype's whole exponent range (from 0 to -120 in float32,
+    to -800 in float64): the weights the products read hold no subnormal numbers (slow on
+    CPUs), and the output and the gradients are those of the plain softmax."""
+    from vtseg.models.layers.token_pixel_attention import _forward
+
+    torch.manual_seed(0)
+    n = 400
+    depth = 120.0 if dtype == torch.float32 else 800.0
+    # logits of token l at pixel i: -l * depth * i / (n - 1), plus a little noise
+    pixels = torch.randn(B, n, C, dtype=dtype) * 1e-3
+    pixels[..., 0] = torch.linspace(0, depth, n, dtype=dtype)
+    tokens = torch.randn(B, L, C, dtype=dtype) * 1e-3
+    tokens[..., 0] = -torch.arange(L, dtype=dtype)
+    pixels.requires_grad_()
+    tokens.requires_grad_()
+    q, k, v = (tokens, pixels, pixels) if tokens_are_queries else (pixels, tokens, tokens)
+    residual = None if tokens_are_queries else pixels
+
+    with torch.no_grad():
+        _, weights = _forward(q, k, v, 1.0, residual)
+        _, plain = _reference_weights(q, k)
+    tiny = torch.finfo(dtype).tiny
+    assert ((plain > 0) & (plain < tiny)).any(), 'the plain softmax should underflow here'
+    assert not ((weights > 0) & (weights < tiny)).any()
+
+    out = token_pixel_attention(q, k, v, scale=1.0, residual=residual)
+    ref = _reference(q, k, v, 1.0, residual)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (pixels, tokens), grad)
+    want = torch.autograd.grad(ref, (pixels, tokens), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def _reference_weights(q, k):
+    logits = q @ k.transpose(-2, -1)
+    return logits, logits.softmax(-1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._utils import at_least_float32, is_channels_major
@@ -73,10 +74,20 @@ def _flat(t: Tensor, batch: torch.Size) -> Tensor:
 
 def _softmax(logits: Tensor, scale: float, dim: int) -> Tensor:
     """Weights in at least float32: over tens of thousands of pixels fp16 and bf16 would
-    overflow or round the small weights to zero."""
+    overflow or round the small weights to zero.
+
+    Weights below the dtype's smallest normal number (float32: 1.2e-38) are set to zero.
+    Such subnormal weights come with sharp attention (a logit more than about 87 below
+    its row's largest) and add nothing representable to the products, but CPUs multiply
+    subnormal operands many times slower, and the GEMMs over the pixels read every one.
+    """
     if scale != 1:
         logits = logits * scale
-    return at_least_float32(logits).softmax(dim)
+    weights = at_least_float32(logits).softmax(dim)
+    tiny = torch.finfo(weights.dtype).tiny
+    if torch.onnx.is_in_onnx_export():  # ONNX has no threshold other than 0
+        return weights.masked_fill(weights < tiny, 0)
+    return F.threshold_(weights, tiny, 0.0)  # one pass; NaN stays NaN
 
 
 def _pixel_product(a: Tensor, b: Tensor, *, channels_major: bool,
@@ -154,7 +165,9 @@ class _TokenPixelAttention(torch.autograd.Function):
                                                  need_v)
         else:
             grads = _pixels_over_tokens_backward(ctx, grad, q, k, v, weights, need_q, need_k,
-                                                 need_v)
+                                                 need_v or (ctx.v_is_k and need_k))
+            if ctx.v_is_k and need_k:  # the keys are the values too: both gradients
+                grads = (grads[0], grads[1] + grads[2], None)
         dq, dk, dv = grads
         dres = grad if ctx.has_residual and need_res else None
         return dq, dk, (None if ctx.v_is_k else dv), dres, None, None, None
