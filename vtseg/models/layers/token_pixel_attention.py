@@ -17,7 +17,8 @@ shapes and memory layouts, never by the machine:
   several times slower.)
 * the gradients that flow back into a map are written in one pass: the residual's
   gradient is the ``C`` of a ``baddbmm``, and when the keys and values are the same map
-  (the tokenizers) their two gradients are one product with ``2 L`` inner terms.
+  (the tokenizers) their two gradients are one product with ``2 L`` inner terms;
+* the weights hold no subnormal numbers (see :func:`_softmax`).
 
 Shape shorthand: B batch, L tokens, N pixels, d query/key width, d_v value width.
 """
