@@ -166,9 +166,7 @@ class _TokenPixelAttention(torch.autograd.Function):
                                                  need_v)
         else:
             grads = _pixels_over_tokens_backward(ctx, grad, q, k, v, weights, need_q, need_k,
-                                                 need_v or (ctx.v_is_k and need_k))
-            if ctx.v_is_k and need_k:  # the keys are the values too: both gradients
-                grads = (grads[0], grads[1] + grads[2], None)
+                                                 need_v)
         dq, dk, dv = grads
         dres = grad if ctx.has_residual and need_res else None
         return dq, dk, (None if ctx.v_is_k else dv), dres, None, None, None
@@ -204,7 +202,11 @@ def _pixels_over_tokens_backward(ctx, grad, q, k, v, weights, need_q, need_k, ne
     d_weights = _pixels_by_tokens(grad, v)  # grad v^T: (B, N, L)
     d_logits = _softmax_backward(weights, d_weights, ctx.scale).to(dtype)
     dk = torch.bmm(d_logits.transpose(1, 2), q) if need_k else None  # (B, L, d)
-    dv = torch.bmm(weights.to(dtype).transpose(1, 2), grad) if need_v else None  # (B, L, d_v)
+    dv = None
+    if need_v or (ctx.v_is_k and need_k):
+        dv = torch.bmm(weights.to(dtype).transpose(1, 2), grad)  # A^T grad: (B, L, d_v)
+    if ctx.v_is_k and need_k:  # the keys are the values too: both parts
+        dk, dv = dk + dv, None
     dq = None
     if need_q:
         dq = _pixel_product(d_logits, k, channels_major=is_channels_major(q),
