@@ -14,10 +14,11 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 STAMP="$VENV/.setup-stamp"
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+# vtseg/csrc and setup.py: the compiled extension vtseg._C is rebuilt when they change.
+want=$(cat requirements.txt pyproject.toml setup.py vtseg/csrc/* | sha256sum | cut -d' ' -f1)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
-    && "$VENV/bin/python" -c "import vtseg, mmcv.ops" 2>/dev/null; then
+    && "$VENV/bin/python" -c "import vtseg, vtseg._C, mmcv.ops" 2>/dev/null; then
     echo "[setup] environment up to date ($VENV)"
     exit 0
 fi
@@ -50,7 +51,12 @@ fi
 echo "[setup] installing mmsegmentation and the remaining requirements"
 pip install -q -r requirements.txt
 # deploy: onnx and onnxruntime, so that the test suite runs the ONNX export tests.
+# --no-build-isolation: vtseg._C (the fused CPU kernels) is compiled against this torch.
+echo "[setup] installing vtseg and compiling its CPU kernels (vtseg._C, about a minute)"
 pip install -q --no-build-isolation -e ".[dev,deploy]"
+# setup.py builds vtseg._C as optional (a user's install works without it); here it must be.
+"$VENV/bin/python" -c "import vtseg._C" || {
+    echo "[setup] vtseg._C did not build: see the compiler's messages above" >&2; exit 1; }
 "$VENV/bin/python" -c "import vtseg, mmcv.ops, mmseg; print('[setup] vtseg', vtseg.__version__, '| mmseg', mmseg.__version__)"
 echo "$want" > "$STAMP"
 echo "[setup] done in $(( $(date +%s) - t0 )) s"

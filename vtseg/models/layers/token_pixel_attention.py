@@ -20,6 +20,10 @@ shapes and memory layouts, never by the machine:
   (the tokenizers) their two gradients are one product with ``2 L`` inner terms;
 * the weights hold no subnormal numbers (see :func:`_softmax`).
 
+At inference on a CPU, float32 maps stored as pixel rows (channels_last) go to the fused
+kernels of :mod:`~vtseg.models.layers.token_pixel_kernels` instead, which do the products
+of each block in one pass over the pixels.
+
 Shape shorthand: B batch, L tokens, N pixels, d query/key width, d_v value width.
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._utils import at_least_float32, is_channels_major
+from .token_pixel_kernels import fused_forward
 
 __all__ = ['token_pixel_attention']
 
@@ -62,8 +67,10 @@ def token_pixel_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float,
             and not torch.jit.is_tracing():
         out = _TokenPixelAttention.apply(q3, k3, v3, res3, scale, v_is_k, residual_is_q)
     else:  # inference, or a trace (FLOP counting, ONNX export) that records plain ops
-        out = _forward(q3, k3, k3 if v_is_k else v3, scale,
-                       q3 if residual_is_q else res3)[0]
+        v3, res3 = k3 if v_is_k else v3, q3 if residual_is_q else res3
+        out = fused_forward(q3, k3, v3, scale, res3)  # one pass over the pixels on CPU
+        if out is None:
+            out = _forward(q3, k3, v3, scale, res3)[0]
     return out.view(*batch, *out.shape[-2:])
 
 

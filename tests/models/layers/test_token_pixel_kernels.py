@@ -1,0 +1,166 @@
+"""vtseg._C: the fused CPU kernels against PyTorch's products, and where they apply."""
+import pytest
+import torch
+
+from vtseg.models.layers import FilterTokenizer, Projector, explicit_attention
+from vtseg.models.layers.token_pixel_attention import _forward, token_pixel_attention
+from vtseg.models.layers.token_pixel_kernels import (
+    fused_forward,
+    kernels_available,
+    kernels_error,
+)
+
+pytestmark = pytest.mark.skipif(not kernels_available(),
+                                reason=f'vtseg._C not built: {kernels_error()}')
+
+
+def test_the_extension_is_built():
+    """The set-up builds vtseg._C; a broken build must not pass as PyTorch's products."""
+    assert kernels_available(), kernels_error()
+
+
+def _plain(q, k, v, scale, residual):
+    return _forward(q, k, v, scale, residual)[0]
+
+
+def _rows(b, n, c, generator):
+    """(B, N, C) pixel rows, as a channels_last map flattens."""
+    return torch.randn(b, n, c, generator=generator)
+
+
+# N: one pixel, fewer than a row block (64), across the 1024-pixel blocks.
+@pytest.mark.parametrize('n', [1, 7, 1025, 2100])
+@pytest.mark.parametrize('tokens', [1, 3, 8, 9, 16])
+@pytest.mark.parametrize('scale', [1.0, 0.3])
+def test_tokens_over_pixels_equals_the_products(n, tokens, scale):
+    g = torch.Generator().manual_seed(n * 100 + tokens)
+    x = _rows(3, n, 48, g)
+    q = torch.randn(1, tokens, 48, generator=g).expand(3, -1, -1)  # filters: batch stride 0
+    out = fused_forward(q, x, x, scale, None)
+    assert out is not None
+    torch.testing.assert_close(out, _plain(q, x, x, scale, None), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('n', [17, 300])  # more pixels than tokens
+@pytest.mark.parametrize('tokens', [1, 3, 8, 9, 16])
+@pytest.mark.parametrize('residual', ['q', 'apart', None])
+def test_pixels_over_tokens_equals_the_products(n, tokens, residual):
+    g = torch.Generator().manual_seed(n * 100 + tokens)
+    x = _rows(2, n, 32, g)
+    k = torch.randn(2, tokens, 32, generator=g)
+    v = torch.randn(2, tokens, 48, generator=g)
+    res = {'q': None, 'apart': _rows(2, n, 48, g), None: None}[residual]
+    if residual == 'q':  # the projector: the pixels are queries and residual
+        v = torch.randn(2, tokens, 32, generator=g)
+        res = x
+    out = fused_forward(x, k, v, 0.7, res)
+    assert out is not None and out.is_contiguous()
+    torch.testing.assert_close(out, _plain(x, k, v, 0.7, res), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('side', ['tokens', 'pixels'])
+def test_sharp_attention(side):
+    """Logits hundreds apart: weights underflow to zero as in PyTorch's softmax, and the
+    result stays finite. (float32 logits of this size round to about 1e-4, which the
+    float64 reference shows in both paths alike.)"""
+    g = torch.Generator().manual_seed(0)
+    x = _rows(1, 2000, 16, g) * 8
+    t = torch.randn(1, 8, 16, generator=g) * 8
+    args = (t, x, x, 1.0, None) if side == 'tokens' else (x, t, t, 1.0, x)
+    logits = args[0] @ args[1].transpose(1, 2)
+    assert (logits.amax(-1) - logits.amin(-1)).median() > 200  # far beyond exp's range
+    out = fused_forward(*args)
+    assert torch.isfinite(out).all()
+    exact = _plain(*(a.double() if torch.is_tensor(a) else a for a in args))
+    error = (out.double() - exact).abs().max()
+    assert error <= 2 * (_plain(*args).double() - exact).abs().max() + 1e-5
+
+
+def test_results_do_not_depend_on_the_number_of_threads():
+    g = torch.Generator().manual_seed(0)
+    x = _rows(2, 5000, 32, g)
+    t = torch.randn(2, 8, 32, generator=g)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            outs.append((fused_forward(t, x, x, 1.0, None), fused_forward(x, t, t, 1.0, x)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_where_the_kernels_do_not_apply():
+    g = torch.Generator().manual_seed(0)
+    x = _rows(1, 50, 32, g)
+    t = torch.randn(1, 8, 32, generator=g)
+    nchw = torch.randn(1, 32, 50, generator=g).transpose(1, 2)  # one channel per row
+    assert fused_forward(t, nchw, nchw, 1.0, None) is None
+    assert fused_forward(nchw, t, t, 1.0, nchw) is None
+    assert fused_forward(t.bfloat16(), x.bfloat16(), x.bfloat16(), 1.0, None) is None
+    x12, t12 = _rows(1, 50, 12, g), torch.randn(1, 8, 12, generator=g)
+    assert fused_forward(t12, x12, x12, 1.0, None) is None  # channels not a multiple of 16
+    t17 = torch.randn(1, 17, 32, generator=g)
+    assert fused_forward(x, t17, t17, 1.0, x) is None  # more tokens than a vector holds
+    assert fused_forward(t, x, x.clone(), 1.0, None) is None  # values apart from keys
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert fused_forward(t, x, x, 1.0, None) is None
+
+
+def test_the_ops_check_their_arguments():
+    nchw = torch.randn(1, 32, 50).transpose(1, 2)
+    t = torch.randn(1, 8, 32)
+    with pytest.raises(RuntimeError, match='pixels must be rows'):
+        torch.ops.vtseg.tokens_over_pixels(t, nchw, 1.0)
+    with pytest.raises(RuntimeError, match='1 to 16 tokens'):
+        torch.ops.vtseg.pixels_over_tokens(nchw.contiguous(), torch.randn(1, 17, 32),
+                                           torch.randn(1, 17, 32), None, 1.0)
+
+
+def test_training_and_tracing_run_pytorchs_products(monkeypatch):
+    """The kernels have no backward, and FLOP counting and ONNX export trace plain ops."""
+    calls = []
+    monkeypatch.setattr('vtseg.models.layers.token_pixel_attention.fused_forward',
+                        lambda *a: calls.append(a) or fused_forward(*a))
+    x = torch.randn(1, 40, 16)
+    q = torch.randn(1, 4, 16, requires_grad=True)
+    token_pixel_attention(q, x, x, scale=1.0).sum().backward()
+    assert not calls and q.grad is not None
+    with torch.no_grad():
+        token_pixel_attention(q, x, x, scale=1.0)
+    assert len(calls) == 1
+    with torch.no_grad():
+        graph = torch.jit.trace(lambda a, b: token_pixel_attention(a, b, b, scale=1.0),
+                                (q.detach(), x)).graph
+    assert 'vtseg::' not in str(graph) and 'aten::bmm' in str(graph)
+
+
+@pytest.mark.parametrize('block', ['tokenizer', 'projector'])
+def test_blocks_on_channels_last_maps_equal_the_explicit_path(block):
+    torch.manual_seed(0)
+    m = FilterTokenizer(32, 8, 48) if block == 'tokenizer' else Projector(32, 48)
+    x = torch.randn(2, 32, 19, 23).contiguous(memory_format=torch.channels_last)
+    args = (x,) if block == 'tokenizer' else (x, torch.randn(2, 8, 48))
+    with torch.no_grad():
+        fused = m(*args)
+        with explicit_attention(m):
+            explicit = m(*args)
+    fused, explicit = (fused[0], explicit[0]) if block == 'tokenizer' else (fused, explicit)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    if block == 'projector':
+        assert fused.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compiled_model_keeps_the_kernels_in_its_graph():
+    torch.manual_seed(0)
+    m = Projector(32, 48).eval()
+    x = torch.randn(1, 32, 9, 11).contiguous(memory_format=torch.channels_last)
+    t = torch.randn(1, 8, 48)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(m)(x, t)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert 'vtseg.pixels_over_tokens' in str(explanation.graphs[0].code)
+        torch.testing.assert_close(torch.compile(m)(x, t), m(x, t), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,216 @@
+// Fused CPU kernels of the attention between a few tokens and a map's pixels (float32,
+// inference): the tokenizers' softmax_N(q x^T) x and the projector's
+// residual + softmax_L(x k^T) v, each in one pass over the pixels, with nothing of the
+// map's size but the projector's output written. The Python side
+// (vtseg/models/layers/token_pixel_kernels.py) decides when they apply; the other cases
+// run PyTorch's products (vtseg/models/layers/token_pixel_attention.py).
+//
+// Compiled once per instruction set (x86-64 with AVX-512, with AVX2 + FMA, and the
+// baseline) and chosen at run time from what the CPU supports, as PyTorch's own CPU
+// kernels are: the same build runs on any x86-64 CPU.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace vtseg {
+namespace {
+
+constexpr float kMinNormal = FLT_MIN;
+constexpr float kLogMinNormal = -87.3365447505531f;  // log(FLT_MIN)
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VTSEG_X86_DISPATCH 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2,f16c")
+namespace avx512 {
+#include "token_pixel_kernels.h"
+}  // namespace avx512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2,f16c")
+namespace avx2 {
+#include "token_pixel_kernels.h"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+namespace base {
+#include "token_pixel_kernels.h"
+}  // namespace base
+
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+Isa cpu_isa() {
+#ifdef VTSEG_X86_DISPATCH
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+      return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    return Isa::kBase;
+  }();
+  return isa;
+#else
+  return Isa::kBase;
+#endif
+}
+
+#ifdef VTSEG_X86_DISPATCH
+#define VTSEG_DISPATCH(fn, LMAX, ...)                                   \
+  switch (cpu_isa()) {                                                 \
+    case Isa::kAvx512: avx512::fn<LMAX>(__VA_ARGS__); break;           \
+    case Isa::kAvx2: avx2::fn<LMAX>(__VA_ARGS__); break;               \
+    default: base::fn<LMAX>(__VA_ARGS__);                              \
+  }
+#else
+#define VTSEG_DISPATCH(fn, LMAX, ...) base::fn<LMAX>(__VA_ARGS__);
+#endif
+
+// The few tokens' rows, zero-padded to lmax rows, contiguous: (B, lmax, C).
+at::Tensor padded_rows(const at::Tensor& t, int64_t lmax) {
+  auto out = at::zeros({t.size(0), lmax, t.size(2)}, t.options());
+  out.narrow(1, 0, t.size(1)).copy_(t);
+  return out;
+}
+
+void check_args(const at::Tensor& pixels, const at::Tensor& tokens, const char* what) {
+  TORCH_CHECK(pixels.device().is_cpu() && tokens.device().is_cpu(), what,
+              ": CPU tensors expected");
+  TORCH_CHECK(pixels.scalar_type() == at::kFloat && tokens.scalar_type() == at::kFloat, what,
+              ": float32 tensors expected");
+  TORCH_CHECK(pixels.dim() == 3 && tokens.dim() == 3, what, ": (B, n, c) tensors expected");
+  TORCH_CHECK(pixels.stride(2) == 1 && (pixels.size(1) == 1 || pixels.stride(1) == pixels.size(2)),
+              what,
+              ": the pixels must be rows (a channels_last map), got strides ",
+              pixels.strides());
+  TORCH_CHECK(pixels.size(0) == tokens.size(0), what, ": batch sizes differ");
+  TORCH_CHECK(tokens.size(1) >= 1 && tokens.size(1) <= 16, what, ": 1 to 16 tokens expected");
+  TORCH_CHECK(pixels.size(2) % 16 == 0, what, ": channels must be a multiple of 16");
+}
+
+// softmax_N(scale q x^T) x: q (B, L, C) tokens, x (B, N, C) pixel rows -> (B, L, C).
+at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x, double scale) {
+  check_args(x, q, "tokens_over_pixels");
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2), L = q.size(1);
+  TORCH_CHECK(q.size(2) == C, "tokens_over_pixels: q and x widths differ");
+  TORCH_CHECK(N >= 1, "tokens_over_pixels: no pixels");
+  const int64_t lmax = L <= 8 ? 8 : 16;
+  const at::Tensor qp = padded_rows(q, lmax);
+  // Fixed blocks of pixels, merged in order: the result does not depend on the number of
+  // threads.
+  constexpr int64_t kBlock = 1024;
+  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  const int64_t part = lmax * (C + 2);
+  std::vector<float> parts(B * blocks * part);
+  const float* xd = x.data_ptr<float>();
+  const float* qd = qp.data_ptr<float>();
+  const int64_t xb = x.stride(0);
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / blocks, j = i % blocks;
+      float* p = parts.data() + i * part;
+      const int64_t n0 = j * kBlock, n1 = std::min(N, n0 + kBlock);
+      if (lmax == 8) {
+        VTSEG_DISPATCH(tokens_over_pixels_part, 8, xd + b * xb, qd + b * lmax * C, p,
+                       p + lmax, p + 2 * lmax, n0, n1, C, L, fscale)
+      } else {
+        VTSEG_DISPATCH(tokens_over_pixels_part, 16, xd + b * xb, qd + b * lmax * C, p,
+                       p + lmax, p + 2 * lmax, n0, n1, C, L, fscale)
+      }
+    }
+  });
+  auto out = at::empty({B, L, C}, x.options());
+  float* od = out.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t l = 0; l < L; ++l) {
+      float m = -INFINITY;
+      for (int64_t j = 0; j < blocks; ++j) m = std::max(m, parts[(b * blocks + j) * part + l]);
+      float* o = od + (b * L + l) * C;
+      std::fill(o, o + C, 0.f);
+      float s = 0.f;
+      for (int64_t j = 0; j < blocks; ++j) {
+        const float* p = parts.data() + (b * blocks + j) * part;
+        if (p[l] == -INFINITY) continue;
+        const float r = std::exp(p[l] - m);
+        s += r * p[lmax + l];
+        const float* acc = p + 2 * lmax + l * C;
+        for (int64_t c = 0; c < C; ++c) o[c] += r * acc[c];
+      }
+      const float inv = 1.f / s;
+      for (int64_t c = 0; c < C; ++c) o[c] *= inv;
+    }
+  }
+  return out;
+}
+
+// residual + softmax_L(scale x k^T) v: x (B, N, C) pixel rows, k (B, L, C),
+// v (B, L, Cv), residual (B, N, Cv) pixel rows or None -> (B, N, Cv) pixel rows.
+at::Tensor pixels_over_tokens(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
+                              const c10::optional<at::Tensor>& residual, double scale) {
+  check_args(x, k, "pixels_over_tokens");
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2), L = k.size(1), Cv = v.size(2);
+  TORCH_CHECK(k.size(2) == C, "pixels_over_tokens: x and k widths differ");
+  TORCH_CHECK(v.dim() == 3 && v.size(0) == B && v.size(1) == L && v.scalar_type() == at::kFloat,
+              "pixels_over_tokens: v must be (B, L, Cv) float32");
+  TORCH_CHECK(Cv % 16 == 0, "pixels_over_tokens: value channels must be a multiple of 16");
+  const float* rd = nullptr;
+  int64_t rb = 0;
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    TORCH_CHECK(r.scalar_type() == at::kFloat && r.dim() == 3 && r.size(0) == B &&
+                    r.size(1) == N && r.size(2) == Cv && r.stride(2) == 1 &&
+                    (N == 1 || r.stride(1) == Cv),
+                "pixels_over_tokens: the residual must be (B, N, Cv) float32 pixel rows");
+    rd = r.data_ptr<float>();
+    rb = r.stride(0);
+  }
+  const int64_t lmax = L <= 8 ? 8 : 16;
+  const at::Tensor kp = padded_rows(k, lmax), vp = padded_rows(v, lmax);
+  auto out = at::empty({B, N, Cv}, x.options());
+  const float* xd = x.data_ptr<float>();
+  const float* kd = kp.data_ptr<float>();
+  const float* vd = vp.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  const int64_t xb = x.stride(0);
+  const float fscale = static_cast<float>(scale);
+  // Every pixel is computed alone: any split over threads gives the same numbers.
+  at::parallel_for(0, B * N, 256, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t b = i / N, n0 = i % N, n1 = std::min(N, n0 + (i1 - i));
+      const float* res = rd ? rd + b * rb : nullptr;
+      if (lmax == 8) {
+        VTSEG_DISPATCH(pixels_over_tokens, 8, xd + b * xb, kd + b * lmax * C,
+                       vd + b * lmax * Cv, res, od + b * N * Cv, n0, n1, C, Cv, L, fscale)
+      } else {
+        VTSEG_DISPATCH(pixels_over_tokens, 16, xd + b * xb, kd + b * lmax * C,
+                       vd + b * lmax * Cv, res, od + b * N * Cv, n0, n1, C, Cv, L, fscale)
+      }
+      i += n1 - n0;
+    }
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace vtseg
+
+TORCH_LIBRARY(vtseg, m) {
+  m.def("tokens_over_pixels(Tensor q, Tensor x, float scale) -> Tensor");
+  m.def("pixels_over_tokens(Tensor x, Tensor k, Tensor v, Tensor? residual, float scale) "
+        "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vtseg, CPU, m) {
+  m.impl("tokens_over_pixels", &vtseg::tokens_over_pixels);
+  m.impl("pixels_over_tokens", &vtseg::pixels_over_tokens);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vtseg's fused CPU kernels, registered as torch.ops.vtseg";
+}

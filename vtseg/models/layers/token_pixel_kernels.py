@@ -1,0 +1,106 @@
+"""vtseg's fused CPU kernels of the attention between a few tokens and a map's pixels.
+
+:func:`~vtseg.models.layers.token_pixel_attention.token_pixel_attention` evaluates that
+attention as GEMMs over the pixel axis; each GEMM reads the whole map for a few
+multiply-adds per pixel, so on a CPU the tokenizer (logits, softmax, pooling) and the
+projector (logits, softmax, read-out with its residual) are several passes over memory.
+``vtseg._C`` (C++, ``vtseg/csrc/token_pixel_attention.cpp``) does each in one pass over
+the pixels:
+
+* ``torch.ops.vtseg.tokens_over_pixels(q, x, scale)``: ``softmax_N(q x^T scale) x``, an
+  online softmax over fixed blocks of pixels merged in a fixed order;
+* ``torch.ops.vtseg.pixels_over_tokens(x, k, v, residual, scale)``:
+  ``residual + softmax_L(x k^T scale) v``, pixel by pixel.
+
+They are the same products as the other paths, in float32; like
+:func:`~vtseg.models.layers.token_pixel_attention._softmax` they add no weight below the
+smallest normal float. They are compiled for AVX-512, AVX2 + FMA and the baseline
+instruction set and pick the one the CPU has at run time, so no choice in them depends on
+the machine beyond that; their results do not depend on the number of threads.
+
+:func:`fused_forward` uses them where they apply (inference on CPU float32 tensors, pixels
+stored as rows, i.e. channels_last maps, channel counts that are multiples of 16, at most
+16 tokens) and returns ``None`` elsewhere; the ops are registered with fake (shape)
+implementations, so :func:`torch.compile` keeps them in its graph. Tracing (FLOP counting,
+ONNX export) never uses them, so counted MACs and exported graphs are those of the plain
+products.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ['kernels_available', 'kernels_error', 'fused_forward']
+
+try:
+    from ... import _C  # noqa: F401  (registers torch.ops.vtseg)
+    _ERROR: Optional[str] = None
+except ImportError as e:  # built without the extension (see setup.py)
+    _ERROR = f'{type(e).__name__}: {e}'
+
+
+def kernels_available() -> bool:
+    """Whether ``vtseg._C`` was built and loaded."""
+    return _ERROR is None
+
+
+def kernels_error() -> Optional[str]:
+    """Why ``vtseg._C`` could not be loaded, or ``None``."""
+    return _ERROR
+
+
+if _ERROR is None:
+    @torch.library.register_fake('vtseg::tokens_over_pixels')
+    def _tokens_over_pixels_fake(q: Tensor, x: Tensor, scale: float) -> Tensor:
+        return q.new_empty(q.shape[0], q.shape[1], x.shape[2])
+
+    @torch.library.register_fake('vtseg::pixels_over_tokens')
+    def _pixels_over_tokens_fake(x: Tensor, k: Tensor, v: Tensor,
+                                 residual: Optional[Tensor], scale: float) -> Tensor:
+        return x.new_empty(x.shape[0], x.shape[1], v.shape[2])
+
+#: The kernels keep one vector of logits per pixel and read channels 16 at a time.
+MAX_TOKENS = 16
+CHANNEL_MULTIPLE = 16
+
+
+def _pixel_rows(t: Tensor) -> bool:
+    """(B, N, C) stored one pixel per row, contiguous."""
+    return t.stride(-1) == 1 and (t.shape[-2] == 1 or t.stride(-2) == t.shape[-1])
+
+
+def _usable() -> bool:
+    """The kernels are loaded, and no trace (FLOP counting, ONNX export) is recording."""
+    return _ERROR is None and not torch.jit.is_tracing() \
+        and not torch.onnx.is_in_onnx_export()
+
+
+def _applies(tensors, pixels, tokens) -> bool:
+    if any(t.device.type != 'cpu' or t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_autocast_enabled('cpu'):  # products run in the autocast dtype elsewhere
+        return False
+    return (all(_pixel_rows(p) for p in pixels)
+            and 1 <= tokens.shape[1] <= MAX_TOKENS
+            and all(p.shape[-1] % CHANNEL_MULTIPLE == 0 for p in pixels))
+
+
+def fused_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                  residual: Optional[Tensor]) -> Optional[Tensor]:
+    """``residual + softmax(q k^T scale) v`` by ``vtseg._C`` for (B, n, c) tensors (one
+    side a few tokens, the other a map's pixels), or ``None`` where the kernels do not
+    apply. Call it without gradients: the kernels have no backward."""
+    if not _usable():
+        return None
+    tensors = [t for t in (q, k, v, residual) if t is not None]
+    if q.shape[1] < k.shape[1]:  # tokenizers: a few queries over the pixels, v is k
+        if v is not k or residual is not None or not _applies(tensors, [k], q):
+            return None
+        return torch.ops.vtseg.tokens_over_pixels(q.contiguous(), k, scale)
+    pixels = [q] if residual is None else [q, residual]
+    if not _applies(tensors, pixels, k) or v.shape[-1] % CHANNEL_MULTIPLE:
+        return None
+    return torch.ops.vtseg.pixels_over_tokens(q, k.contiguous(), v.contiguous(), residual,
+                                              scale)
