@@ -51,17 +51,58 @@ static inline v16 vexp(v16 x) {
   return underflow ? splat(0.f) : y;
 }
 
-// z[l] = scale * <x, k[l]> for l < L (k rows are C floats, C % 16 == 0), -inf for l >= L.
+#if defined(__clang__) || __GNUC__ >= 12
+#define VTSEG_SHUFFLE 1
+static inline v16 fold(v16 a, v16 b) {  // lanes 0-7: a's halves added, 8-15: b's
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+         __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30,
+                                 31);
+}
+static inline v16 fold4(v16 a, v16 b) {  // 8-lane groups of a and b to 4-lane groups
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+         __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
+                                 31);
+}
+static inline v16 fold2(v16 a, v16 b) {  // 4-lane groups of a and b to 2-lane groups
+  return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+         __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
+                                 31);
+}
+static inline v16 fold1(v16 a) {  // 2-lane groups to lanes 0-7 (8-15 repeat them)
+  return __builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(a, a, 1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+// Lane l (l < 8) of the result: the sum of the lanes of acc[l].
+static inline v16 hsum8(const v16* acc) {
+  return fold1(fold2(fold4(fold(acc[0], acc[1]), fold(acc[2], acc[3])),
+                     fold4(fold(acc[4], acc[5]), fold(acc[6], acc[7]))));
+}
+#endif
+
+// Lane l of the result: scale * <x, k[l]> for l < L (k rows are C floats, C % 16 == 0),
+// -inf for l >= L.
 template <int LMAX>
-static inline void logits(const float* x, const float* k, int64_t C, int64_t L, float scale,
-                          float* z) {
+static inline v16 logits(const float* x, const float* k, int64_t C, int64_t L, float scale) {
   v16 acc[LMAX];
   for (int l = 0; l < LMAX; ++l) acc[l] = v16{};
   for (int64_t c = 0; c < C; c += 16) {
     const v16 xv = load(x + c);
     for (int l = 0; l < LMAX; ++l) acc[l] += xv * load(k + l * C + c);
   }
-  for (int l = 0; l < LMAX; ++l) z[l] = l < L ? scale * hsum(acc[l]) : -INFINITY;
+  v16 z;
+#ifdef VTSEG_SHUFFLE
+  z = hsum8(acc);
+  if (LMAX > 8) {
+    const v16 hi = hsum8(acc + 8);
+    z = __builtin_shufflevector(z, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  }
+#else
+  for (int l = 0; l < 16; ++l) z[l] = l < LMAX ? hsum(acc[l]) : 0.f;
+#endif
+  z *= scale;
+  for (int l = 0; l < 16; ++l)
+    if (l >= L) z[l] = -INFINITY;
+  return z;
 }
 
 // Pixels over tokens, pixels n0..n1: out[n] = res[n] + softmax_l(scale x[n] k^T) v.
@@ -71,14 +112,11 @@ static void pixels_over_tokens(const float* x, const float* k, const float* v,
                                const float* res, float* out, int64_t n0, int64_t n1,
                                int64_t C, int64_t Cv, int64_t L, float scale) {
   static_assert(LMAX <= 16, "one vector of logits per pixel");
-  float z[16];
   for (int64_t n = n0; n < n1; ++n) {
-    logits<LMAX>(x + n * C, k, C, L, scale, z);
+    const v16 z = logits<LMAX>(x + n * C, k, C, L, scale);
     float m = z[0];
     for (int l = 1; l < LMAX; ++l) m = z[l] > m ? z[l] : m;
-    v16 zv = splat(-INFINITY);
-    for (int l = 0; l < LMAX; ++l) zv[l] = z[l];
-    const v16 e = vexp(zv - m);  // the largest is exp(0) = 1: the sum is >= 1
+    const v16 e = vexp(z - m);  // the largest is exp(0) = 1: the sum is >= 1
     float sum = 0.f;
     for (int l = 0; l < LMAX; ++l) sum += e[l];
     v16 a = e * (1.f / sum);
@@ -111,8 +149,9 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
     float rm[16];
     for (int l = 0; l < LMAX; ++l) rm[l] = m[l];
     for (int64_t i = 0; i < rows; ++i) {
-      logits<LMAX>(x + (r0 + i) * C, q, C, L, scale, z[i]);
-      for (int l = 0; l < LMAX; ++l) rm[l] = z[i][l] > rm[l] ? z[i][l] : rm[l];
+      const v16 zi = logits<LMAX>(x + (r0 + i) * C, q, C, L, scale);
+      store(z[i], zi);
+      for (int l = 0; l < LMAX; ++l) rm[l] = zi[l] > rm[l] ? zi[l] : rm[l];
     }
     for (int l = 0; l < L; ++l) {
       if (rm[l] > m[l]) {  // a new maximum: rescale what was summed so far
@@ -124,15 +163,13 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
     }
     v16 mv = splat(0.f);
     for (int l = 0; l < LMAX; ++l) mv[l] = l < L ? m[l] : 0.f;
+    v16 sv = v16{};
     for (int64_t i = 0; i < rows; ++i) {
-      v16 zv = splat(-INFINITY);
-      for (int l = 0; l < LMAX; ++l) zv[l] = z[i][l];
-      const v16 e = vexp(zv - mv);
-      for (int l = 0; l < LMAX; ++l) {
-        z[i][l] = e[l];
-        s[l] += e[l];
-      }
+      const v16 e = vexp(load(z[i]) - mv);
+      store(z[i], e);
+      sv += e;
     }
+    for (int l = 0; l < LMAX; ++l) s[l] += sv[l];
     for (int64_t c = 0; c < C; c += 16) {
       v16 a[LMAX];
       for (int l = 0; l < LMAX; ++l) a[l] = load(acc + l * C + c);
