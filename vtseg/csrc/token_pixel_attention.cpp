@@ -1,5 +1,5 @@
 // Fused CPU kernels of the attention between a few tokens and a map's pixels (float32,
-// inference): the tokenizers' softmax_N(q x^T) x and the projector's
+// inference, maps stored channels_last or NCHW): the tokenizers' softmax_N(q x^T) x and the projector's
 // residual + softmax_L(x k^T) v, each in one pass over the pixels, with nothing of the
 // map's size but the projector's output written. The Python side
 // (vtseg/models/layers/token_pixel_kernels.py) decides when they apply; the other cases
@@ -22,6 +22,7 @@ namespace {
 
 constexpr float kMinNormal = FLT_MIN;
 constexpr float kLogMinNormal = -87.3365447505531f;  // log(FLT_MIN)
+constexpr int64_t kTile = 16;  // pixels of a channel-major map in one vector
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VTSEG_X86_DISPATCH 1
@@ -78,51 +79,96 @@ at::Tensor padded_rows(const at::Tensor& t, int64_t lmax) {
   return out;
 }
 
+// How a (B, N, C) pixel tensor is stored: one pixel per row (a channels_last map) or one
+// channel per row (an NCHW map); the row stride of the other axis.
+struct Layout {
+  bool rows;
+  int64_t stride;  // between pixels (rows) or between channels (channel-major)
+};
+
+Layout layout_of(const at::Tensor& t, const char* what) {
+  const int64_t n = t.size(1), c = t.size(2);
+  if (t.stride(2) == 1 && (n == 1 || t.stride(1) == c)) return {true, c};
+  TORCH_CHECK(t.stride(1) == 1 && t.stride(2) >= n, what,
+              ": the pixels must be rows (a channels_last map) or channel rows (an NCHW "
+              "map), got strides ", t.strides());
+  return {false, t.stride(2)};
+}
+
 void check_args(const at::Tensor& pixels, const at::Tensor& tokens, const char* what) {
   TORCH_CHECK(pixels.device().is_cpu() && tokens.device().is_cpu(), what,
               ": CPU tensors expected");
   TORCH_CHECK(pixels.scalar_type() == at::kFloat && tokens.scalar_type() == at::kFloat, what,
               ": float32 tensors expected");
   TORCH_CHECK(pixels.dim() == 3 && tokens.dim() == 3, what, ": (B, n, c) tensors expected");
-  TORCH_CHECK(pixels.stride(2) == 1 && (pixels.size(1) == 1 || pixels.stride(1) == pixels.size(2)),
-              what,
-              ": the pixels must be rows (a channels_last map), got strides ",
-              pixels.strides());
   TORCH_CHECK(pixels.size(0) == tokens.size(0), what, ": batch sizes differ");
   TORCH_CHECK(tokens.size(1) >= 1 && tokens.size(1) <= 16, what, ": 1 to 16 tokens expected");
   TORCH_CHECK(pixels.size(2) % 16 == 0, what, ": channels must be a multiple of 16");
 }
 
-// softmax_N(scale q x^T) x: q (B, L, C) tokens, x (B, N, C) pixel rows -> (B, L, C).
+// Pixels n0..n1 of channel-major x (row stride xs) as rows, (n1 - n0) x C.
+std::vector<float> gather_rows(const float* x, int64_t xs, int64_t n0, int64_t n1, int64_t C) {
+  std::vector<float> rows((n1 - n0) * C);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t c = 0; c < C; ++c) rows[(n - n0) * C + c] = x[c * xs + n];
+  return rows;
+}
+
+// softmax_N(scale q x^T) x: q (B, L, C) tokens, x (B, N, C) pixels -> (B, L, C).
 at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x, double scale) {
   check_args(x, q, "tokens_over_pixels");
+  const Layout lx = layout_of(x, "tokens_over_pixels");
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), L = q.size(1);
   TORCH_CHECK(q.size(2) == C, "tokens_over_pixels: q and x widths differ");
   TORCH_CHECK(N >= 1, "tokens_over_pixels: no pixels");
   const int64_t lmax = L <= 8 ? 8 : 16;
   const at::Tensor qp = padded_rows(q, lmax);
   // Fixed blocks of pixels, merged in order: the result does not depend on the number of
-  // threads.
+  // threads. A channel-major map's last pixels short of a tile of 16 are one more part.
   constexpr int64_t kBlock = 1024;
-  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  const int64_t blocks = (N + kBlock - 1) / kBlock, slots = blocks + 1;
+  const int64_t tiled = lx.rows ? N : N / kTile * kTile;
   const int64_t part = lmax * (C + 2);
-  std::vector<float> parts(B * blocks * part);
+  std::vector<float> parts(B * slots * part);
   const float* xd = x.data_ptr<float>();
   const float* qd = qp.data_ptr<float>();
   const int64_t xb = x.stride(0);
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, B * slots, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / blocks, j = i % blocks;
+      const int64_t b = i / slots, j = i % slots;
       float* p = parts.data() + i * part;
-      const int64_t n0 = j * kBlock, n1 = std::min(N, n0 + kBlock);
-      if (lmax == 8) {
-        VTSEG_DISPATCH(tokens_over_pixels_part, 8, xd + b * xb, qd + b * lmax * C, p,
-                       p + lmax, p + 2 * lmax, n0, n1, C, L, fscale)
-      } else {
-        VTSEG_DISPATCH(tokens_over_pixels_part, 16, xd + b * xb, qd + b * lmax * C, p,
-                       p + lmax, p + 2 * lmax, n0, n1, C, L, fscale)
+      const float* xbat = xd + b * xb;
+      const float* qbat = qd + b * lmax * C;
+      int64_t n0 = j * kBlock, n1 = std::min(tiled, n0 + kBlock);
+      std::vector<float> tail;
+      bool rows = lx.rows;
+      if (j == blocks) {  // the channel-major tail, gathered into rows
+        n0 = tiled;
+        n1 = N;
+        tail = gather_rows(xbat, lx.stride, n0, n1, C);
+        xbat = tail.data() - n0 * C;
+        rows = true;
       }
+      if (n0 >= n1) {
+        std::fill(p, p + part, 0.f);
+        std::fill(p, p + lmax, -INFINITY);
+        continue;
+      }
+#define VTSEG_TOKENS_PART(LMAX)                                                            \
+  if (rows) {                                                                              \
+    VTSEG_DISPATCH(tokens_over_pixels_part, LMAX, xbat, qbat, p, p + lmax, p + 2 * lmax,   \
+                   n0, n1, C, L, fscale)                                                   \
+  } else {                                                                                 \
+    VTSEG_DISPATCH(tokens_over_pixels_part_cm, LMAX, xbat, lx.stride, qbat, p, p + lmax,   \
+                   p + 2 * lmax, n0, n1, C, L, fscale)                                     \
+  }
+      if (lmax == 8) {
+        VTSEG_TOKENS_PART(8)
+      } else {
+        VTSEG_TOKENS_PART(16)
+      }
+#undef VTSEG_TOKENS_PART
     }
   });
   auto out = at::empty({B, L, C}, x.options());
@@ -130,12 +176,12 @@ at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x, double s
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t l = 0; l < L; ++l) {
       float m = -INFINITY;
-      for (int64_t j = 0; j < blocks; ++j) m = std::max(m, parts[(b * blocks + j) * part + l]);
+      for (int64_t j = 0; j < slots; ++j) m = std::max(m, parts[(b * slots + j) * part + l]);
       float* o = od + (b * L + l) * C;
       std::fill(o, o + C, 0.f);
       float s = 0.f;
-      for (int64_t j = 0; j < blocks; ++j) {
-        const float* p = parts.data() + (b * blocks + j) * part;
+      for (int64_t j = 0; j < slots; ++j) {
+        const float* p = parts.data() + (b * slots + j) * part;
         if (p[l] == -INFINITY) continue;
         const float r = std::exp(p[l] - m);
         s += r * p[lmax + l];
@@ -149,49 +195,91 @@ at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x, double s
   return out;
 }
 
-// residual + softmax_L(scale x k^T) v: x (B, N, C) pixel rows, k (B, L, C),
-// v (B, L, Cv), residual (B, N, Cv) pixel rows or None -> (B, N, Cv) pixel rows.
+// residual + softmax_L(scale x k^T) v: x (B, N, C) pixels, k (B, L, C), v (B, L, Cv),
+// residual (B, N, Cv) pixels stored as x, or None -> (B, N, Cv) pixels stored as x.
 at::Tensor pixels_over_tokens(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
                               const c10::optional<at::Tensor>& residual, double scale) {
   check_args(x, k, "pixels_over_tokens");
+  const Layout lx = layout_of(x, "pixels_over_tokens");
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), L = k.size(1), Cv = v.size(2);
   TORCH_CHECK(k.size(2) == C, "pixels_over_tokens: x and k widths differ");
   TORCH_CHECK(v.dim() == 3 && v.size(0) == B && v.size(1) == L && v.scalar_type() == at::kFloat,
               "pixels_over_tokens: v must be (B, L, Cv) float32");
   TORCH_CHECK(Cv % 16 == 0, "pixels_over_tokens: value channels must be a multiple of 16");
   const float* rd = nullptr;
-  int64_t rb = 0;
+  int64_t rb = 0, rs = 0;
   if (residual.has_value()) {
     const at::Tensor& r = *residual;
     TORCH_CHECK(r.scalar_type() == at::kFloat && r.dim() == 3 && r.size(0) == B &&
-                    r.size(1) == N && r.size(2) == Cv && r.stride(2) == 1 &&
-                    (N == 1 || r.stride(1) == Cv),
-                "pixels_over_tokens: the residual must be (B, N, Cv) float32 pixel rows");
+                    r.size(1) == N && r.size(2) == Cv,
+                "pixels_over_tokens: the residual must be (B, N, Cv) float32");
+    const Layout lr = layout_of(r, "pixels_over_tokens");
+    TORCH_CHECK(lr.rows == lx.rows || N == 1,
+                "pixels_over_tokens: the residual must be stored as the pixels are");
     rd = r.data_ptr<float>();
     rb = r.stride(0);
+    rs = lr.stride;
   }
   const int64_t lmax = L <= 8 ? 8 : 16;
   const at::Tensor kp = padded_rows(k, lmax), vp = padded_rows(v, lmax);
-  auto out = at::empty({B, N, Cv}, x.options());
+  // The output is stored as the pixels are: rows, or an NCHW map's channel rows.
+  auto out = lx.rows ? at::empty({B, N, Cv}, x.options())
+                     : at::empty({B, Cv, N}, x.options()).transpose(1, 2);
+  const int64_t os = lx.rows ? Cv : N;
   const float* xd = x.data_ptr<float>();
   const float* kd = kp.data_ptr<float>();
   const float* vd = vp.data_ptr<float>();
   float* od = out.data_ptr<float>();
   const int64_t xb = x.stride(0);
   const float fscale = static_cast<float>(scale);
-  // Every pixel is computed alone: any split over threads gives the same numbers.
-  at::parallel_for(0, B * N, 256, [&](int64_t i0, int64_t i1) {
+  // Every pixel is computed alone: any split over threads gives the same numbers. Work is
+  // split in tiles of 16 pixels (a channel-major map's vector); a last, shorter tile of a
+  // channel-major map is gathered into rows.
+  const int64_t tiles = (N + kTile - 1) / kTile;
+  at::parallel_for(0, B * tiles, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1;) {
-      const int64_t b = i / N, n0 = i % N, n1 = std::min(N, n0 + (i1 - i));
-      const float* res = rd ? rd + b * rb : nullptr;
-      if (lmax == 8) {
-        VTSEG_DISPATCH(pixels_over_tokens, 8, xd + b * xb, kd + b * lmax * C,
-                       vd + b * lmax * Cv, res, od + b * N * Cv, n0, n1, C, Cv, L, fscale)
+      const int64_t b = i / tiles, t0 = i % tiles, t1 = std::min(tiles, t0 + (i1 - i));
+      const int64_t n0 = t0 * kTile, n1 = std::min(N, t1 * kTile);
+      const float* xbat = xd + b * xb;
+      const float* rbat = rd ? rd + b * rb : nullptr;
+      float* obat = od + b * N * Cv;
+      const float* kbat = kd + b * lmax * C;
+      const float* vbat = vd + b * lmax * Cv;
+      if (lx.rows) {
+        if (lmax == 8) {
+          VTSEG_DISPATCH(pixels_over_tokens, 8, xbat, kbat, vbat, rbat, obat, n0, n1, C, Cv, L,
+                         fscale)
+        } else {
+          VTSEG_DISPATCH(pixels_over_tokens, 16, xbat, kbat, vbat, rbat, obat, n0, n1, C, Cv, L,
+                         fscale)
+        }
       } else {
-        VTSEG_DISPATCH(pixels_over_tokens, 16, xd + b * xb, kd + b * lmax * C,
-                       vd + b * lmax * Cv, res, od + b * N * Cv, n0, n1, C, Cv, L, fscale)
+        const int64_t whole = n0 + (n1 - n0) / kTile * kTile;
+        if (lmax == 8) {
+          VTSEG_DISPATCH(pixels_over_tokens_cm, 8, xbat, lx.stride, kbat, vbat, rbat, rs, obat,
+                         os, n0, whole, C, Cv, L, fscale)
+        } else {
+          VTSEG_DISPATCH(pixels_over_tokens_cm, 16, xbat, lx.stride, kbat, vbat, rbat, rs, obat,
+                         os, n0, whole, C, Cv, L, fscale)
+        }
+        if (whole < n1) {  // the last pixels, as rows
+          const std::vector<float> xr = gather_rows(xbat, lx.stride, whole, n1, C);
+          const std::vector<float> rr =
+              rbat ? gather_rows(rbat, rs, whole, n1, Cv) : std::vector<float>();
+          std::vector<float> orow((n1 - whole) * Cv);
+          const int64_t cnt = n1 - whole;
+          if (lmax == 8) {
+            VTSEG_DISPATCH(pixels_over_tokens, 8, xr.data(), kbat, vbat,
+                           rbat ? rr.data() : nullptr, orow.data(), 0, cnt, C, Cv, L, fscale)
+          } else {
+            VTSEG_DISPATCH(pixels_over_tokens, 16, xr.data(), kbat, vbat,
+                           rbat ? rr.data() : nullptr, orow.data(), 0, cnt, C, Cv, L, fscale)
+          }
+          for (int64_t n = 0; n < cnt; ++n)
+            for (int64_t c = 0; c < Cv; ++c) obat[c * os + whole + n] = orow[n * Cv + c];
+        }
       }
-      i += n1 - n0;
+      i += t1 - t0;
     }
   });
   return out;

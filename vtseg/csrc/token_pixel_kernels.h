@@ -181,3 +181,110 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
     }
   }
 }
+
+// ---- Pixels stored channel by channel (an NCHW map seen as (C, N), row stride xs) ----
+// Vectors run along the pixels: kTile pixels at a time, one vector of logits per token.
+
+// z[l] (lanes: pixels p..p+15) = scale * <x[:, p + lane], k[l]>, -inf for l >= L.
+template <int LMAX>
+static inline void logits_cm(const float* x, int64_t xs, const float* k, int64_t C, int64_t L,
+                             float scale, v16* z) {
+  for (int l = 0; l < LMAX; ++l) z[l] = v16{};
+  for (int64_t c = 0; c < C; ++c) {
+    const v16 xv = load(x + c * xs);
+    for (int l = 0; l < LMAX; ++l) z[l] += k[l * C + c] * xv;
+  }
+  for (int l = 0; l < LMAX; ++l) z[l] = l < L ? z[l] * scale : splat(-INFINITY);
+}
+
+// pixels_over_tokens for channel-major pixels, whole tiles of kTile pixels from n0 to n1.
+template <int LMAX>
+static void pixels_over_tokens_cm(const float* x, int64_t xs, const float* k, const float* v,
+                                  const float* res, int64_t rs, float* out, int64_t os,
+                                  int64_t n0, int64_t n1, int64_t C, int64_t Cv, int64_t L,
+                                  float scale) {
+  v16 z[LMAX];
+  for (int64_t p = n0; p + kTile <= n1; p += kTile) {
+    logits_cm<LMAX>(x + p, xs, k, C, L, scale, z);
+    v16 m = z[0];
+    for (int l = 1; l < LMAX; ++l) m = z[l] > m ? z[l] : m;
+    v16 sum = v16{};
+    for (int l = 0; l < LMAX; ++l) {
+      z[l] = vexp(z[l] - m);
+      sum += z[l];
+    }
+    const v16 inv = 1.f / sum;
+    for (int l = 0; l < LMAX; ++l) {
+      z[l] *= inv;
+      z[l] = z[l] < splat(kMinNormal) ? splat(0.f) : z[l];  // no subnormal weights
+    }
+    for (int64_t c = 0; c < Cv; ++c) {
+      v16 o = res ? load(res + c * rs + p) : v16{};
+      for (int l = 0; l < LMAX; ++l) o += v[l * Cv + c] * z[l];
+      store(out + c * os + p, o);
+    }
+  }
+}
+
+// tokens_over_pixels_part for channel-major pixels n0..n1 (n1 - n0 a multiple of kTile).
+// acc is LMAX x C as in the row version; work holds kRows pixels' weights (LMAX vectors
+// per tile).
+template <int LMAX>
+static void tokens_over_pixels_part_cm(const float* x, int64_t xs, const float* q, float* m,
+                                       float* s, float* acc, int64_t n0, int64_t n1,
+                                       int64_t C, int64_t L, float scale) {
+  constexpr int64_t kTiles = 4;  // tiles whose logits are formed before they are pooled
+  v16 z[kTiles][LMAX];
+  for (int l = 0; l < LMAX; ++l) {
+    m[l] = -INFINITY;
+    s[l] = 0.f;
+  }
+  std::fill(acc, acc + LMAX * C, 0.f);
+  for (int64_t r0 = n0; r0 < n1; r0 += kTiles * kTile) {
+    const int64_t tiles = std::min(kTiles, (n1 - r0) / kTile);
+    float rm[LMAX];
+    for (int l = 0; l < LMAX; ++l) rm[l] = m[l];
+    for (int64_t t = 0; t < tiles; ++t) {
+      logits_cm<LMAX>(x + r0 + t * kTile, xs, q, C, L, scale, z[t]);
+      for (int l = 0; l < L; ++l)
+        for (int i = 0; i < 16; ++i) rm[l] = z[t][l][i] > rm[l] ? z[t][l][i] : rm[l];
+    }
+    for (int l = 0; l < L; ++l) {
+      if (rm[l] > m[l]) {  // a new maximum: rescale what was summed so far
+        const float r = m[l] == -INFINITY ? 0.f : std::exp(m[l] - rm[l]);
+        s[l] *= r;
+        for (int64_t c = 0; c < C; ++c) acc[l * C + c] *= r;
+        m[l] = rm[l];
+      }
+    }
+    for (int l = 0; l < LMAX; ++l) {
+      v16 sv = v16{};
+      const v16 ml = splat(l < L ? m[l] : 0.f);
+      for (int64_t t = 0; t < tiles; ++t) {
+        z[t][l] = vexp(z[t][l] - ml);
+        sv += z[t][l];
+      }
+      s[l] += hsum(sv);
+    }
+    // acc[l][c] += sum over the tiles' pixels of z * x[c], two channels at a time
+    for (int64_t c = 0; c < C; ++c) {
+      v16 a[LMAX];
+      for (int l = 0; l < LMAX; ++l) a[l] = v16{};
+      for (int64_t t = 0; t < tiles; ++t) {
+        const v16 xv = load(x + c * xs + r0 + t * kTile);
+        for (int l = 0; l < LMAX; ++l) a[l] += z[t][l] * xv;
+      }
+#ifdef VTSEG_SHUFFLE
+      v16 sums = hsum8(a);
+      if (LMAX > 8) {
+        const v16 hi = hsum8(a + 8);
+        sums = __builtin_shufflevector(sums, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21,
+                                       22, 23);
+      }
+      for (int l = 0; l < LMAX; ++l) acc[l * C + c] += sums[l];
+#else
+      for (int l = 0; l < LMAX; ++l) acc[l * C + c] += hsum(a[l]);
+#endif
+    }
+  }
+}

@@ -23,48 +23,60 @@ def _plain(q, k, v, scale, residual):
     return _forward(q, k, v, scale, residual)[0]
 
 
-def _rows(b, n, c, generator):
-    """(B, N, C) pixel rows, as a channels_last map flattens."""
+def _rows(b, n, c, generator, layout='rows'):
+    """(B, N, C) pixels stored one pixel per row, as a channels_last map flattens, or one
+    channel per row, as an NCHW map does."""
+    if layout == 'channels':
+        return torch.randn(b, c, n, generator=generator).transpose(1, 2)
     return torch.randn(b, n, c, generator=generator)
 
 
-# N: one pixel, fewer than a row block (64), across the 1024-pixel blocks.
-@pytest.mark.parametrize('n', [1, 7, 1025, 2100])
+LAYOUTS = pytest.mark.parametrize('layout', ['rows', 'channels'])
+
+
+# N: one pixel, less than a tile (16), fewer than a row block (64), across the
+# 1024-pixel blocks, with and without a last partial tile.
+@LAYOUTS
+@pytest.mark.parametrize('n', [1, 7, 70, 1025, 2100])
 @pytest.mark.parametrize('tokens', [1, 3, 8, 9, 16])
 @pytest.mark.parametrize('scale', [1.0, 0.3])
-def test_tokens_over_pixels_equals_the_products(n, tokens, scale):
+def test_tokens_over_pixels_equals_the_products(n, tokens, scale, layout):
     g = torch.Generator().manual_seed(n * 100 + tokens)
-    x = _rows(3, n, 48, g)
+    x = _rows(3, n, 48, g, layout)
     q = torch.randn(1, tokens, 48, generator=g).expand(3, -1, -1)  # filters: batch stride 0
     out = fused_forward(q, x, x, scale, None)
     assert out is not None
     torch.testing.assert_close(out, _plain(q, x, x, scale, None), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('n', [17, 300])  # more pixels than tokens
+@LAYOUTS
+@pytest.mark.parametrize('n', [17, 32, 300])  # more pixels than tokens; tiles of 16
 @pytest.mark.parametrize('tokens', [1, 3, 8, 9, 16])
 @pytest.mark.parametrize('residual', ['q', 'apart', None])
-def test_pixels_over_tokens_equals_the_products(n, tokens, residual):
+def test_pixels_over_tokens_equals_the_products(n, tokens, residual, layout):
     g = torch.Generator().manual_seed(n * 100 + tokens)
-    x = _rows(2, n, 32, g)
+    x = _rows(2, n, 32, g, layout)
     k = torch.randn(2, tokens, 32, generator=g)
     v = torch.randn(2, tokens, 48, generator=g)
-    res = {'q': None, 'apart': _rows(2, n, 48, g), None: None}[residual]
+    res = {'q': None, 'apart': _rows(2, n, 48, g, layout), None: None}[residual]
     if residual == 'q':  # the projector: the pixels are queries and residual
         v = torch.randn(2, tokens, 32, generator=g)
         res = x
     out = fused_forward(x, k, v, 0.7, res)
-    assert out is not None and out.is_contiguous()
+    assert out is not None
+    # written as the pixels are stored
+    assert out.transpose(1, 2).is_contiguous() if layout == 'channels' else out.is_contiguous()
     torch.testing.assert_close(out, _plain(x, k, v, 0.7, res), rtol=1e-5, atol=1e-5)
 
 
+@LAYOUTS
 @pytest.mark.parametrize('side', ['tokens', 'pixels'])
-def test_sharp_attention(side):
+def test_sharp_attention(side, layout):
     """Logits hundreds apart: weights underflow to zero as in PyTorch's softmax, and the
     result stays finite. (float32 logits of this size round to about 1e-4, which the
     float64 reference shows in both paths alike.)"""
     g = torch.Generator().manual_seed(0)
-    x = _rows(1, 2000, 16, g) * 8
+    x = _rows(1, 2000, 16, g, layout) * 8
     t = torch.randn(1, 8, 16, generator=g) * 8
     args = (t, x, x, 1.0, None) if side == 'tokens' else (x, t, t, 1.0, x)
     logits = args[0] @ args[1].transpose(1, 2)
@@ -76,9 +88,10 @@ def test_sharp_attention(side):
     assert error <= 2 * (_plain(*args).double() - exact).abs().max() + 1e-5
 
 
-def test_results_do_not_depend_on_the_number_of_threads():
+@LAYOUTS
+def test_results_do_not_depend_on_the_number_of_threads(layout):
     g = torch.Generator().manual_seed(0)
-    x = _rows(2, 5000, 32, g)
+    x = _rows(2, 5001, 32, g, layout)
     t = torch.randn(2, 8, 32, generator=g)
     threads = torch.get_num_threads()
     outs = []
@@ -96,9 +109,10 @@ def test_where_the_kernels_do_not_apply():
     g = torch.Generator().manual_seed(0)
     x = _rows(1, 50, 32, g)
     t = torch.randn(1, 8, 32, generator=g)
-    nchw = torch.randn(1, 32, 50, generator=g).transpose(1, 2)  # one channel per row
-    assert fused_forward(t, nchw, nchw, 1.0, None) is None
-    assert fused_forward(nchw, t, t, 1.0, nchw) is None
+    nchw = _rows(1, 50, 32, g, 'channels')
+    assert fused_forward(nchw, t, t, 1.0, x) is None  # pixels and residual stored apart
+    strided = torch.randn(1, 50, 64, generator=g)[..., ::2]  # neither layout
+    assert fused_forward(t, strided, strided, 1.0, None) is None
     assert fused_forward(t.bfloat16(), x.bfloat16(), x.bfloat16(), 1.0, None) is None
     x12, t12 = _rows(1, 50, 12, g), torch.randn(1, 8, 12, generator=g)
     assert fused_forward(t12, x12, x12, 1.0, None) is None  # channels not a multiple of 16
@@ -110,13 +124,17 @@ def test_where_the_kernels_do_not_apply():
 
 
 def test_the_ops_check_their_arguments():
-    nchw = torch.randn(1, 32, 50).transpose(1, 2)
+    strided = torch.randn(1, 50, 64)[..., ::2]
     t = torch.randn(1, 8, 32)
-    with pytest.raises(RuntimeError, match='pixels must be rows'):
-        torch.ops.vtseg.tokens_over_pixels(t, nchw, 1.0)
+    with pytest.raises(RuntimeError, match='pixels must be rows .* or channel rows'):
+        torch.ops.vtseg.tokens_over_pixels(t, strided, 1.0)
     with pytest.raises(RuntimeError, match='1 to 16 tokens'):
-        torch.ops.vtseg.pixels_over_tokens(nchw.contiguous(), torch.randn(1, 17, 32),
+        torch.ops.vtseg.pixels_over_tokens(torch.randn(1, 50, 32), torch.randn(1, 17, 32),
                                            torch.randn(1, 17, 32), None, 1.0)
+    with pytest.raises(RuntimeError, match='stored as the pixels are'):
+        x = torch.randn(1, 50, 32)
+        torch.ops.vtseg.pixels_over_tokens(x, t, t, x.transpose(1, 2).contiguous()
+                                           .transpose(1, 2), 1.0)
 
 
 def test_training_and_tracing_run_pytorchs_products(monkeypatch):
@@ -137,11 +155,13 @@ def test_training_and_tracing_run_pytorchs_products(monkeypatch):
     assert 'vtseg::' not in str(graph) and 'aten::bmm' in str(graph)
 
 
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
+                         ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('block', ['tokenizer', 'projector'])
-def test_blocks_on_channels_last_maps_equal_the_explicit_path(block):
+def test_blocks_equal_the_explicit_path(block, memory_format):
     torch.manual_seed(0)
     m = FilterTokenizer(32, 8, 48) if block == 'tokenizer' else Projector(32, 48)
-    x = torch.randn(2, 32, 19, 23).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 19, 23).contiguous(memory_format=memory_format)
     args = (x,) if block == 'tokenizer' else (x, torch.randn(2, 8, 48))
     with torch.no_grad():
         fused = m(*args)
@@ -150,7 +170,7 @@ def test_blocks_on_channels_last_maps_equal_the_explicit_path(block):
     fused, explicit = (fused[0], explicit[0]) if block == 'tokenizer' else (fused, explicit)
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
     if block == 'projector':
-        assert fused.is_contiguous(memory_format=torch.channels_last)
+        assert fused.is_contiguous(memory_format=memory_format)
 
 
 def test_compiled_model_keeps_the_kernels_in_its_graph():

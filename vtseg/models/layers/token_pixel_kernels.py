@@ -10,7 +10,11 @@ the pixels:
 * ``torch.ops.vtseg.tokens_over_pixels(q, x, scale)``: ``softmax_N(q x^T scale) x``, an
   online softmax over fixed blocks of pixels merged in a fixed order;
 * ``torch.ops.vtseg.pixels_over_tokens(x, k, v, residual, scale)``:
-  ``residual + softmax_L(x k^T scale) v``, pixel by pixel.
+  ``residual + softmax_L(x k^T scale) v``, pixel by pixel, written in the layout of the
+  pixels.
+
+Each reads a map in the order it is stored: a channels_last map a pixel (a row of C
+channels) at a time, an NCHW map 16 pixels at a time (one vector per channel).
 
 They are the same products as the other paths, in float32; like
 :func:`~vtseg.models.layers.token_pixel_attention._softmax` they add no weight below the
@@ -19,8 +23,8 @@ instruction set and pick the one the CPU has at run time, so no choice in them d
 the machine beyond that; their results do not depend on the number of threads.
 
 :func:`fused_forward` uses them where they apply (inference on CPU float32 tensors, pixels
-stored as rows, i.e. channels_last maps, channel counts that are multiples of 16, at most
-16 tokens) and returns ``None`` elsewhere; the ops are registered with fake (shape)
+stored as rows or channel rows, i.e. channels_last or NCHW maps, channel counts that are
+multiples of 16, at most 16 tokens) and returns ``None`` elsewhere; the ops are registered with fake (shape)
 implementations, so :func:`torch.compile` keeps them in its graph. Tracing (FLOP counting,
 ONNX export) never uses them, so counted MACs and exported graphs are those of the plain
 products.
@@ -66,9 +70,15 @@ MAX_TOKENS = 16
 CHANNEL_MULTIPLE = 16
 
 
-def _pixel_rows(t: Tensor) -> bool:
-    """(B, N, C) stored one pixel per row, contiguous."""
-    return t.stride(-1) == 1 and (t.shape[-2] == 1 or t.stride(-2) == t.shape[-1])
+def _layout(t: Tensor) -> Optional[str]:
+    """How (B, N, C) pixels are stored: ``'rows'``, one pixel per row (a channels_last
+    map), ``'channels'``, one channel per row (an NCHW map), or ``None`` (neither)."""
+    n, c = t.shape[-2:]
+    if t.stride(-1) == 1 and (n == 1 or t.stride(-2) == c):
+        return 'rows'
+    if t.stride(-2) == 1 and t.stride(-1) >= n:
+        return 'channels'
+    return None
 
 
 def _usable() -> bool:
@@ -82,7 +92,8 @@ def _applies(tensors, pixels, tokens) -> bool:
         return False
     if torch.is_autocast_enabled('cpu'):  # products run in the autocast dtype elsewhere
         return False
-    return (all(_pixel_rows(p) for p in pixels)
+    layouts = {_layout(p) for p in pixels}
+    return (len(layouts) == 1 and None not in layouts
             and 1 <= tokens.shape[1] <= MAX_TOKENS
             and all(p.shape[-1] % CHANNEL_MULTIPLE == 0 for p in pixels))
 
