@@ -24,10 +24,10 @@ the machine beyond that; their results do not depend on the number of threads.
 
 :func:`fused_forward` uses them where they apply (inference on CPU float32 tensors, pixels
 stored as rows or channel rows, i.e. channels_last or NCHW maps, channel counts that are
-multiples of 16, at most 16 tokens) and returns ``None`` elsewhere; the ops are registered with fake (shape)
-implementations, so :func:`torch.compile` keeps them in its graph. Tracing (FLOP counting,
-ONNX export) never uses them, so counted MACs and exported graphs are those of the plain
-products.
+multiples of 16, at most 16 tokens) and returns ``None`` elsewhere; the ops are registered
+with fake (shape) implementations, so :func:`torch.compile` keeps them in its graph.
+Tracing (FLOP counting, ONNX export) never uses them, so counted MACs and exported graphs
+are those of the plain products.
 """
 from __future__ import annotations
 
