@@ -1,8 +1,10 @@
 """vtseg._C: the fused CPU kernels against PyTorch's products, and where they apply."""
+import warnings
+
 import pytest
 import torch
 
-from vtseg.models.layers import FilterTokenizer, Projector, explicit_attention
+from vtseg.models.layers import FilterTokenizer, Projector, explicit_attention, token_pixel_kernels
 from vtseg.models.layers.token_pixel_attention import _forward, token_pixel_attention
 from vtseg.models.layers.token_pixel_kernels import (
     fused_forward,
@@ -10,13 +12,23 @@ from vtseg.models.layers.token_pixel_kernels import (
     kernels_error,
 )
 
-pytestmark = pytest.mark.skipif(not kernels_available(),
-                                reason=f'vtseg._C not built: {kernels_error()}')
-
 
 def test_the_extension_is_built():
     """The set-up builds vtseg._C; a broken build must not pass as PyTorch's products."""
     assert kernels_available(), kernels_error()
+
+
+def test_without_the_extension_cpu_inference_says_so_once(monkeypatch):
+    monkeypatch.setattr(token_pixel_kernels, '_ERROR', 'ImportError: no module vtseg._C')
+    monkeypatch.setitem(token_pixel_kernels._warned, 'missing', False)
+    x, t = torch.randn(1, 50, 16), torch.randn(1, 4, 16)
+    with pytest.warns(UserWarning, match='vtseg._C is not built.*no-build-isolation'):
+        assert fused_forward(t, x, x, 1.0, None) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert fused_forward(t, x, x, 1.0, None) is None  # once
+    out = token_pixel_attention(t, x, x, scale=1.0)  # PyTorch's products in its place
+    torch.testing.assert_close(out, _plain(t, x, x, 1.0, None))
 
 
 def _plain(q, k, v, scale, residual):
@@ -173,10 +185,25 @@ def test_blocks_equal_the_explicit_path(block, memory_format):
         assert fused.is_contiguous(memory_format=memory_format)
 
 
-def test_compiled_model_keeps_the_kernels_in_its_graph():
+@LAYOUTS
+def test_the_ops_shape_functions_match_them(layout):
+    """What torch.compile and torch.export see of the ops (their fake implementations)
+    matches what they return, strides included."""
+    g = torch.Generator().manual_seed(0)
+    x = _rows(2, 40, 32, g, layout)
+    t = torch.randn(2, 5, 32, generator=g)
+    for op, args in [(torch.ops.vtseg.tokens_over_pixels.default, (t, x, 1.0)),
+                     (torch.ops.vtseg.pixels_over_tokens.default, (x, t, t, x, 0.5)),
+                     (torch.ops.vtseg.pixels_over_tokens.default, (x, t, t, None, 0.5))]:
+        torch.library.opcheck(op, args, test_utils=('test_schema', 'test_faketensor'))
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
+                         ids=['nchw', 'channels_last'])
+def test_compiled_model_keeps_the_kernels_in_its_graph(memory_format):
     torch.manual_seed(0)
     m = Projector(32, 48).eval()
-    x = torch.randn(1, 32, 9, 11).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 32, 9, 11).contiguous(memory_format=memory_format)
     t = torch.randn(1, 8, 48)
     torch._dynamo.reset()
     with torch.no_grad():

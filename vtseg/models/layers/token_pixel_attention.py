@@ -20,9 +20,9 @@ shapes and memory layouts, never by the machine:
   (the tokenizers) their two gradients are one product with ``2 L`` inner terms;
 * the weights hold no subnormal numbers (see :func:`_softmax`).
 
-At inference on a CPU, float32 maps stored as pixel rows (channels_last) go to the fused
-kernels of :mod:`~vtseg.models.layers.token_pixel_kernels` instead, which do the products
-of each block in one pass over the pixels.
+At inference on a CPU, float32 maps (NCHW or channels_last) go to the fused kernels of
+:mod:`~vtseg.models.layers.token_pixel_kernels` instead, which do the products of each
+block in one pass over the pixels.
 
 Shape shorthand: B batch, L tokens, N pixels, d query/key width, d_v value width.
 """

@@ -31,6 +31,7 @@ are those of the plain products.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -55,21 +56,6 @@ def kernels_error() -> Optional[str]:
     return _ERROR
 
 
-if _ERROR is None:
-    @torch.library.register_fake('vtseg::tokens_over_pixels')
-    def _tokens_over_pixels_fake(q: Tensor, x: Tensor, scale: float) -> Tensor:
-        return q.new_empty(q.shape[0], q.shape[1], x.shape[2])
-
-    @torch.library.register_fake('vtseg::pixels_over_tokens')
-    def _pixels_over_tokens_fake(x: Tensor, k: Tensor, v: Tensor,
-                                 residual: Optional[Tensor], scale: float) -> Tensor:
-        return x.new_empty(x.shape[0], x.shape[1], v.shape[2])
-
-#: The kernels keep one vector of logits per pixel and read channels 16 at a time.
-MAX_TOKENS = 16
-CHANNEL_MULTIPLE = 16
-
-
 def _layout(t: Tensor) -> Optional[str]:
     """How (B, N, C) pixels are stored: ``'rows'``, one pixel per row (a channels_last
     map), ``'channels'``, one channel per row (an NCHW map), or ``None`` (neither)."""
@@ -81,10 +67,41 @@ def _layout(t: Tensor) -> Optional[str]:
     return None
 
 
-def _usable() -> bool:
-    """The kernels are loaded, and no trace (FLOP counting, ONNX export) is recording."""
-    return _ERROR is None and not torch.jit.is_tracing() \
-        and not torch.onnx.is_in_onnx_export()
+if _ERROR is None:
+    @torch.library.register_fake('vtseg::tokens_over_pixels')
+    def _tokens_over_pixels_fake(q: Tensor, x: Tensor, scale: float) -> Tensor:
+        return q.new_empty(q.shape[0], q.shape[1], x.shape[2])
+
+    @torch.library.register_fake('vtseg::pixels_over_tokens')
+    def _pixels_over_tokens_fake(x: Tensor, k: Tensor, v: Tensor,
+                                 residual: Optional[Tensor], scale: float) -> Tensor:
+        b, n, cv = x.shape[0], x.shape[1], v.shape[2]
+        if _layout(x) == 'channels':  # written as the pixels are stored
+            return x.new_empty(b, cv, n).transpose(1, 2)
+        return x.new_empty(b, n, cv)
+
+#: The kernels keep one vector of logits per pixel and read channels 16 at a time.
+MAX_TOKENS = 16
+CHANNEL_MULTIPLE = 16
+
+
+
+
+_warned = {'missing': False}
+
+
+def _usable(device: torch.device) -> bool:
+    """The kernels are loaded, and no trace (FLOP counting, ONNX export) is recording; says
+    once when they are missing where they would run."""
+    if _ERROR is not None:
+        if device.type == 'cpu' and not _warned['missing']:
+            _warned['missing'] = True
+            warnings.warn(f'vtseg._C is not built ({_ERROR}): the VT blocks run PyTorch\'s '
+                          'products on CPU, several times slower. Build it with `pip '
+                          'install --no-build-isolation -e .` in an environment that has '
+                          'torch and a C++ compiler.', stacklevel=3)
+        return False
+    return not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
 
 
 def _applies(tensors, pixels, tokens) -> bool:
@@ -103,7 +120,7 @@ def fused_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
     """``residual + softmax(q k^T scale) v`` by ``vtseg._C`` for (B, n, c) tensors (one
     side a few tokens, the other a map's pixels), or ``None`` where the kernels do not
     apply. Call it without gradients: the kernels have no backward."""
-    if not _usable():
+    if not _usable(q.device):
         return None
     tensors = [t for t in (q, k, v, residual) if t is not None]
     if q.shape[1] < k.shape[1]:  # tokenizers: a few queries over the pixels, v is k
