@@ -288,10 +288,14 @@ at::Tensor pixels_over_tokens(const at::Tensor& x, const at::Tensor& k, const at
 }  // namespace
 }  // namespace vtseg
 
+// needs_exact_strides: torch.compile hands the ops their inputs in the memory layout they
+// were traced with (the projector writes its output in the layout of its pixels).
 TORCH_LIBRARY(vtseg, m) {
-  m.def("tokens_over_pixels(Tensor q, Tensor x, float scale) -> Tensor");
+  m.def("tokens_over_pixels(Tensor q, Tensor x, float scale) -> Tensor",
+        {at::Tag::needs_exact_strides, at::Tag::pt2_compliant_tag});
   m.def("pixels_over_tokens(Tensor x, Tensor k, Tensor v, Tensor? residual, float scale) "
-        "-> Tensor");
+        "-> Tensor",
+        {at::Tag::needs_exact_strides, at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(vtseg, CPU, m) {

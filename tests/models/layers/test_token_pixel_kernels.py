@@ -211,3 +211,22 @@ def test_compiled_model_keeps_the_kernels_in_its_graph(memory_format):
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert 'vtseg.pixels_over_tokens' in str(explanation.graphs[0].code)
         torch.testing.assert_close(torch.compile(m)(x, t), m(x, t), rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_nchw_model_where_inductor_stores_maps_channels_last():
+    """TorchInductor may store an NCHW model's convolution outputs channels_last (on CPU
+    it does for large convolutions): the compiled VT blocks stay right."""
+    from torch._inductor import config as inductor_config
+
+    from vtseg.models import VTFPN
+    torch.manual_seed(0)
+    channels = [16, 32, 64, 128]
+    neck = VTFPN(channels, 32, 4, num_tokens=4, token_channels=64, num_heads=4,
+                 norm_cfg=dict(type='BN')).eval()
+    feats = [torch.randn(1, c, 37 // s, 37 // s) for c, s in zip(channels, (1, 2, 4, 8))]
+    torch._dynamo.reset()
+    with torch.no_grad(), inductor_config.patch(force_layout_optimization=True):
+        outs = torch.compile(neck)(feats)
+        refs = neck(feats)
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
