@@ -67,6 +67,9 @@ def _layout(t: Tensor) -> Optional[str]:
     return None
 
 
+# The ops' shape functions. TorchInductor's cache of compiled graphs does not see them:
+# an op whose output shape or layout changes needs a new name, or stale compiled graphs
+# assert the old one.
 if _ERROR is None:
     @torch.library.register_fake('vtseg::tokens_over_pixels')
     def _tokens_over_pixels_fake(q: Tensor, x: Tensor, scale: float) -> Tensor:
