@@ -87,9 +87,6 @@ if _ERROR is None:
 MAX_TOKENS = 16
 CHANNEL_MULTIPLE = 16
 
-
-
-
 _warned = {'missing': False}
 
 
