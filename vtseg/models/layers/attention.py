@@ -17,7 +17,9 @@ Every VT block is dot-product attention ``softmax(q k^T * scale) v``:
 * **fused**: :func:`torch.nn.functional.scaled_dot_product_attention` among tokens, which
   never materialises the (N_q, N_k) weights (flash/memory-efficient kernels on CPU and
   GPU), and :mod:`~vtseg.models.layers.token_pixel_attention` between a few tokens and a
-  map's pixels (GEMMs over the pixel axis, with a backward of its own);
+  map's pixels (GEMMs over the pixel axis, with a backward of its own; at inference on a
+  CPU, vtseg's kernels that do each block's products in one pass over the map, see
+  :mod:`~vtseg.models.layers.token_pixel_kernels`);
 * **explicit**: ``matmul``, ``softmax``, ``matmul`` with the paper's letters; the softmax
   runs in at least float32 through a named ``nn.Softmax`` module (``attn_softmax`` of each
   block) so forward hooks can observe the weights.
