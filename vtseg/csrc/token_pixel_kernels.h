@@ -131,6 +131,20 @@ static void pixels_over_tokens(const float* x, const float* k, const float* v,
   }
 }
 
+// Online softmax: where a token's new maximum rm exceeds its running maximum m, rescale
+// what was summed so far (s and the token's row of acc) to the new maximum.
+static inline void raise_maxima(const float* rm, float* m, float* s, float* acc, int64_t C,
+                                int64_t L) {
+  for (int64_t l = 0; l < L; ++l) {
+    if (rm[l] > m[l]) {
+      const float r = m[l] == -INFINITY ? 0.f : std::exp(m[l] - rm[l]);
+      s[l] *= r;
+      for (int64_t c = 0; c < C; ++c) acc[l * C + c] *= r;
+      m[l] = rm[l];
+    }
+  }
+}
+
 // Tokens over pixels, the partial result of pixels n0..n1 (online softmax): running
 // maximum m[l], sum s[l] of exp(z - m) and acc[l] = sum_n exp(z[n, l] - m[l]) x[n].
 template <int LMAX>
@@ -153,14 +167,7 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
       store(z[i], zi);
       for (int l = 0; l < LMAX; ++l) rm[l] = zi[l] > rm[l] ? zi[l] : rm[l];
     }
-    for (int l = 0; l < L; ++l) {
-      if (rm[l] > m[l]) {  // a new maximum: rescale what was summed so far
-        const float r = m[l] == -INFINITY ? 0.f : std::exp(m[l] - rm[l]);
-        s[l] *= r;
-        for (int64_t c = 0; c < C; ++c) acc[l * C + c] *= r;
-        m[l] = rm[l];
-      }
-    }
+    raise_maxima(rm, m, s, acc, C, L);
     v16 mv = splat(0.f);
     for (int l = 0; l < LMAX; ++l) mv[l] = l < L ? m[l] : 0.f;
     v16 sv = v16{};
@@ -249,14 +256,7 @@ static void tokens_over_pixels_part_cm(const float* x, int64_t xs, const float* 
       for (int l = 0; l < L; ++l)
         for (int i = 0; i < 16; ++i) rm[l] = z[t][l][i] > rm[l] ? z[t][l][i] : rm[l];
     }
-    for (int l = 0; l < L; ++l) {
-      if (rm[l] > m[l]) {  // a new maximum: rescale what was summed so far
-        const float r = m[l] == -INFINITY ? 0.f : std::exp(m[l] - rm[l]);
-        s[l] *= r;
-        for (int64_t c = 0; c < C; ++c) acc[l * C + c] *= r;
-        m[l] = rm[l];
-      }
-    }
+    raise_maxima(rm, m, s, acc, C, L);
     for (int l = 0; l < LMAX; ++l) {
       v16 sv = v16{};
       const v16 ml = splat(l < L ? m[l] : 0.f);
