@@ -225,6 +225,10 @@ def test_compiled_nchw_model_where_inductor_stores_maps_channels_last():
                  norm_cfg=dict(type='BN')).eval()
     feats = [torch.randn(1, c, 37 // s, 37 // s) for c, s in zip(channels, (1, 2, 4, 8))]
     torch._dynamo.reset()
+    with torch.no_grad():
+        graph = str(torch._dynamo.explain(neck)(feats).graphs[0].code)
+    assert 'vtseg.tokens_over_pixels' in graph and 'vtseg.pixels_over_tokens' in graph
+    torch._dynamo.reset()
     with torch.no_grad(), inductor_config.patch(force_layout_optimization=True):
         outs = torch.compile(neck)(feats)
         refs = neck(feats)
