@@ -19,15 +19,6 @@ static inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 static inline v16 splat(float a) { return v16{} + a; }
 
-static inline float hsum(v16 v) {
-  float lo = 0.f, hi = 0.f;
-  for (int i = 0; i < 8; ++i) {
-    lo += v[i];
-    hi += v[i + 8];
-  }
-  return lo + hi;
-}
-
 // exp(x) to about 2 ulp (Cephes' expf polynomial), 0 below the smallest normal float.
 static inline v16 vexp(v16 x) {
   const v16 hi = splat(88.3762626647949f), lo = splat(kLogMinNormal);
@@ -72,17 +63,53 @@ static inline v16 fold1(v16 a) {  // 2-lane groups to lanes 0-7 (8-15 repeat the
   return __builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14) +
          __builtin_shufflevector(a, a, 1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
 }
+// Halves, quarters, ... of v combined by op, down to lane 0.
+template <typename Op>
+static inline float reduce(v16 v, Op op) {
+  v = op(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  v = op(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+  v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+  return v[0];
+}
+static inline float hsum(v16 v) {
+  return reduce(v, [](v16 a, v16 b) { return a + b; });
+}
+static inline float hmax(v16 v) {
+  return reduce(v, [](v16 a, v16 b) { return a > b ? a : b; });
+}
 // Lane l (l < 8) of the result: the sum of the lanes of acc[l].
 static inline v16 hsum8(const v16* acc) {
   return fold1(fold2(fold4(fold(acc[0], acc[1]), fold(acc[2], acc[3])),
                      fold4(fold(acc[4], acc[5]), fold(acc[6], acc[7]))));
 }
+#else
+static inline float hsum(v16 v) {
+  float lo = 0.f, hi = 0.f;
+  for (int i = 0; i < 8; ++i) {
+    lo += v[i];
+    hi += v[i + 8];
+  }
+  return lo + hi;
+}
+static inline float hmax(v16 v) {
+  float m = v[0];
+  for (int i = 1; i < 16; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
 #endif
 
-// Lane l of the result: scale * <x, k[l]> for l < L (k rows are C floats, C % 16 == 0),
-// -inf for l >= L.
+// 0 in lanes l < L, -inf in the others: added to logits, it masks the padding tokens.
+static inline v16 token_pad(int64_t L) {
+  v16 pad;
+  for (int l = 0; l < 16; ++l) pad[l] = l < L ? 0.f : -INFINITY;
+  return pad;
+}
+
+// Lane l of the result: scale * <x, k[l]> + pad[l] (pad: token_pad(L); k rows are C
+// floats, C % 16 == 0).
 template <int LMAX>
-static inline v16 logits(const float* x, const float* k, int64_t C, int64_t L, float scale) {
+static inline v16 logits(const float* x, const float* k, int64_t C, v16 pad, float scale) {
   v16 acc[LMAX];
   for (int l = 0; l < LMAX; ++l) acc[l] = v16{};
   for (int64_t c = 0; c < C; c += 16) {
@@ -99,10 +126,7 @@ static inline v16 logits(const float* x, const float* k, int64_t C, int64_t L, f
 #else
   for (int l = 0; l < 16; ++l) z[l] = l < LMAX ? hsum(acc[l]) : 0.f;
 #endif
-  z *= scale;
-  for (int l = 0; l < 16; ++l)
-    if (l >= L) z[l] = -INFINITY;
-  return z;
+  return z * scale + pad;
 }
 
 // Pixels over tokens, pixels n0..n1: out[n] = res[n] + softmax_l(scale x[n] k^T) v.
@@ -112,14 +136,11 @@ static void pixels_over_tokens(const float* x, const float* k, const float* v,
                                const float* res, float* out, int64_t n0, int64_t n1,
                                int64_t C, int64_t Cv, int64_t L, float scale) {
   static_assert(LMAX <= 16, "one vector of logits per pixel");
+  const v16 pad = token_pad(L);
   for (int64_t n = n0; n < n1; ++n) {
-    const v16 z = logits<LMAX>(x + n * C, k, C, L, scale);
-    float m = z[0];
-    for (int l = 1; l < LMAX; ++l) m = z[l] > m ? z[l] : m;
-    const v16 e = vexp(z - m);  // the largest is exp(0) = 1: the sum is >= 1
-    float sum = 0.f;
-    for (int l = 0; l < LMAX; ++l) sum += e[l];
-    v16 a = e * (1.f / sum);
+    const v16 z = logits<LMAX>(x + n * C, k, C, pad, scale);
+    const v16 e = vexp(z - hmax(z));  // the largest is exp(0) = 1: the sum is >= 1
+    v16 a = e * (1.f / hsum(e));
     a = a < splat(kMinNormal) ? splat(0.f) : a;  // no subnormal weights
     float* on = out + n * Cv;
     const float* rn = res ? res + n * Cv : nullptr;
@@ -152,6 +173,7 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
                                     float* acc, int64_t n0, int64_t n1, int64_t C, int64_t L,
                                     float scale) {
   constexpr int64_t kRows = 64;  // pixels whose logits are formed before they are pooled
+  const v16 pad = token_pad(L);
   float z[kRows][16];
   for (int l = 0; l < LMAX; ++l) {
     m[l] = -INFINITY;
@@ -160,14 +182,15 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
   std::fill(acc, acc + LMAX * C, 0.f);
   for (int64_t r0 = n0; r0 < n1; r0 += kRows) {
     const int64_t rows = std::min(kRows, n1 - r0);
-    float rm[16];
-    for (int l = 0; l < LMAX; ++l) rm[l] = m[l];
+    v16 rm = splat(-INFINITY);
     for (int64_t i = 0; i < rows; ++i) {
-      const v16 zi = logits<LMAX>(x + (r0 + i) * C, q, C, L, scale);
+      const v16 zi = logits<LMAX>(x + (r0 + i) * C, q, C, pad, scale);
       store(z[i], zi);
-      for (int l = 0; l < LMAX; ++l) rm[l] = zi[l] > rm[l] ? zi[l] : rm[l];
+      rm = zi > rm ? zi : rm;
     }
-    raise_maxima(rm, m, s, acc, C, L);
+    float rms[16];
+    store(rms, rm);
+    raise_maxima(rms, m, s, acc, C, L);
     v16 mv = splat(0.f);
     for (int l = 0; l < LMAX; ++l) mv[l] = l < L ? m[l] : 0.f;
     v16 sv = v16{};
@@ -253,8 +276,7 @@ static void tokens_over_pixels_part_cm(const float* x, int64_t xs, const float* 
     for (int l = 0; l < LMAX; ++l) rm[l] = m[l];
     for (int64_t t = 0; t < tiles; ++t) {
       logits_cm<LMAX>(x + r0 + t * kTile, xs, q, C, L, scale, z[t]);
-      for (int l = 0; l < L; ++l)
-        for (int i = 0; i < 16; ++i) rm[l] = z[t][l][i] > rm[l] ? z[t][l][i] : rm[l];
+      for (int l = 0; l < L; ++l) rm[l] = std::max(rm[l], hmax(z[t][l]));
     }
     raise_maxima(rm, m, s, acc, C, L);
     for (int l = 0; l < LMAX; ++l) {
