@@ -10,11 +10,13 @@
 // kernels are: the same build runs on any x86-64 CPU.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace vtseg {
@@ -45,20 +47,35 @@ namespace base {
 
 enum class Isa { kBase, kAvx2, kAvx512 };
 
+// The widest instruction set both the CPU and PyTorch use: ATEN_CPU_CAPABILITY=avx2 (or
+// default), which caps PyTorch's own CPU kernels, caps these as well.
 Isa cpu_isa() {
 #ifdef VTSEG_X86_DISPATCH
   static const Isa isa = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    const std::string torch_isa = at::get_cpu_capability();
+    const bool torch_avx512 = torch_isa.rfind("AVX512", 0) == 0;
+    const bool torch_avx2 = torch_avx512 || torch_isa.rfind("AVX2", 0) == 0;
+    if (torch_avx512 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
       return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+    if (torch_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return Isa::kAvx2;
     return Isa::kBase;
   }();
   return isa;
 #else
   return Isa::kBase;
 #endif
+}
+
+const char* isa_name() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "base";
+  }
 }
 
 #ifdef VTSEG_X86_DISPATCH
@@ -305,4 +322,6 @@ TORCH_LIBRARY_IMPL(vtseg, CPU, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vtseg's fused CPU kernels, registered as torch.ops.vtseg";
+  m.def("isa", &vtseg::isa_name,
+        "The instruction set the kernels run with: avx512, avx2 or base");
 }

@@ -1,4 +1,8 @@
 """vtseg._C: the fused CPU kernels against PyTorch's products, and where they apply."""
+import os
+import platform
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -10,12 +14,37 @@ from vtseg.models.layers.token_pixel_kernels import (
     fused_forward,
     kernels_available,
     kernels_error,
+    kernels_isa,
 )
 
 
 def test_the_extension_is_built():
     """The set-up builds vtseg._C; a broken build must not pass as PyTorch's products."""
     assert kernels_available(), kernels_error()
+
+
+_ISAS = ['base', 'avx2', 'avx512']
+
+
+@pytest.mark.skipif(platform.machine() not in ('x86_64', 'AMD64'),
+                    reason='one variant (base) outside x86-64')
+@pytest.mark.parametrize('capability, isa', [('avx2', 'avx2'), ('default', 'base')])
+def test_the_narrower_instruction_sets_equal_the_products(capability, isa):
+    """The variants a CPU without AVX-512 (or AVX2) runs, chosen here by capping PyTorch's
+    instruction set as such a CPU would, pass this file's equality tests."""
+    if _ISAS.index(isa) > _ISAS.index(kernels_isa()):
+        pytest.skip(f'this CPU does not run the {isa} variant')
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    probe = subprocess.run(
+        [sys.executable, '-c', 'from vtseg.models.layers.token_pixel_kernels import '
+         'kernels_isa; print(kernels_isa())'], env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == isa, probe.stderr
+    run = subprocess.run(
+        [sys.executable, '-m', 'pytest', __file__, '-q', '-p', 'no:cacheprovider',
+         '-k', 'equals_the_products or sharp_attention or number_of_threads'],
+        env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert ' passed' in run.stdout and ' skipped' not in run.stdout, run.stdout[-500:]
 
 
 def test_without_the_extension_cpu_inference_says_so_once(monkeypatch):

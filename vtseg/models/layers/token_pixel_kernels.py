@@ -19,8 +19,9 @@ channels) at a time, an NCHW map 16 pixels at a time (one vector per channel).
 They are the same products as the other paths, in float32; like
 :func:`~vtseg.models.layers.token_pixel_attention._softmax` they add no weight below the
 smallest normal float. They are compiled for AVX-512, AVX2 + FMA and the baseline
-instruction set and pick the one the CPU has at run time, so no choice in them depends on
-the machine beyond that; their results do not depend on the number of threads.
+instruction set and pick the widest that the CPU has and PyTorch uses, at run time
+(:func:`kernels_isa`), so no choice in them depends on the machine beyond that; their
+results do not depend on the number of threads.
 
 :func:`fused_forward` uses them where they apply (inference on CPU float32 tensors, pixels
 stored as rows or channel rows, i.e. channels_last or NCHW maps, channel counts that are
@@ -37,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ['kernels_available', 'kernels_error', 'fused_forward']
+__all__ = ['kernels_available', 'kernels_error', 'kernels_isa', 'fused_forward']
 
 try:
     from ... import _C  # noqa: F401  (registers torch.ops.vtseg)
@@ -54,6 +55,13 @@ def kernels_available() -> bool:
 def kernels_error() -> Optional[str]:
     """Why ``vtseg._C`` could not be loaded, or ``None``."""
     return _ERROR
+
+
+def kernels_isa() -> Optional[str]:
+    """The instruction set the kernels run with (``'avx512'``, ``'avx2'`` or ``'base'``),
+    or ``None`` without ``vtseg._C``. It is the widest that both the CPU and PyTorch use:
+    ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) caps it as it caps PyTorch's kernels."""
+    return _C.isa() if _ERROR is None else None
 
 
 def _layout(t: Tensor) -> Optional[str]:
