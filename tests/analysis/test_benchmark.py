@@ -23,6 +23,7 @@ from vtseg.analysis.benchmark import (
     save_results,
     scaling_exponents,
 )
+from vtseg.models.layers.token_pixel_kernels import kernels_isa
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(sizes=[(64, 64)], modes=['neck'],
@@ -97,7 +98,9 @@ def test_benchmark_end_to_end(tmp_path):
     assert set(results) == {'machine', 'settings', 'matmul_gmacs', 'load_average',
                             'measurements'}
     assert {'cpu', 'cpu_isa', 'logical_cores', 'torch', 'threads', 'device',
-            'host_memory_reused'} <= set(results['machine'])
+            'host_memory_reused', 'torch_cpu_capability', 'vtseg_kernels'} \
+        <= set(results['machine'])
+    assert results['machine']['vtseg_kernels'] == kernels_isa()
     assert results['matmul_gmacs']['peak'] > 0
     forms = TINY['forms']
     torch_forms = [f for f in forms if f != 'onnxruntime']
@@ -143,6 +146,9 @@ def test_benchmark_end_to_end(tmp_path):
     for form in forms:
         assert f'| neck | 64x64 | 1 | {form} |' in table
     assert 'torch.matmul fp32 rate' in table and results['machine']['cpu'] in table
+    # which instruction set each side's kernels ran with: PyTorch's and vtseg's
+    assert (f'PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}, vtseg '
+            f'kernels {kernels_isa()}') in table
     for b in (1, 2):  # the floor row: the fastest lateral form against VT-FPN's best
         floor = min((m for m in floor_rows if m['batch'] == b),
                     key=lambda m: m['stats']['median'])

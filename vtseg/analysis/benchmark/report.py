@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ...models.layers.token_pixel_kernels import kernels_isa
+
 __all__ = ['machine_info', 'load_average', 'paired_speedup', 'best_forms', 'format_table',
            'scaling_exponents', 'plot_latency', 'save_results']
 
@@ -33,7 +35,9 @@ def machine_info(device: str = 'cpu') -> Dict[str, object]:
     info = dict(cpu=cpu, cpu_isa=isa[0] if isa else 'unknown', logical_cores=os.cpu_count(),
                 torch=torch.__version__, threads=torch.get_num_threads(),
                 python=platform.python_version(), device=device,
-                mkldnn=torch.backends.mkldnn.is_available())
+                mkldnn=torch.backends.mkldnn.is_available(),
+                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                vtseg_kernels=kernels_isa())
     if device.startswith('cuda'):
         info['gpu'] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -163,8 +167,10 @@ def format_table(results: Dict[str, object]) -> str:
     info = results['machine']
     lines.append('')
     device = info['device'] + (f' ({info["gpu"]})' if info.get('gpu') else '')
-    lines.append(f'Machine: {info["cpu"]} ({info.get("cpu_isa", "?")}), '
-                 f'{info["logical_cores"]} logical cores, {info["threads"]} '
+    kernels = info.get('vtseg_kernels', '?') or 'not built'
+    lines.append(f'Machine: {info["cpu"]} ({info.get("cpu_isa", "?")}; PyTorch CPU '
+                 f'capability {info.get("torch_cpu_capability", "?")}, vtseg kernels '
+                 f'{kernels}), {info["logical_cores"]} logical cores, {info["threads"]} '
                  f'thread{"s" if info["threads"] != 1 else ""}, torch {info["torch"]}, '
                  f'device {device}; torch.matmul fp32 rate {peak:.1f} GMAC/s '
                  f'({results["settings"]["matmul_size"]}^3, best of before/after: '
