@@ -24,26 +24,32 @@ namespace {
 
 constexpr float kMinNormal = FLT_MIN;
 constexpr float kLogMinNormal = -87.3365447505531f;  // log(FLT_MIN)
-constexpr int64_t kTile = 16;  // pixels of a channel-major map in one vector
+constexpr int64_t kTile = 16;  // pixels of a channel-major map per unit of work
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VTSEG_X86_DISPATCH 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2,f16c")
+#define VTSEG_LANES 16
 namespace avx512 {
 #include "token_pixel_kernels.h"
 }  // namespace avx512
+#undef VTSEG_LANES
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi,bmi2,f16c")
+#define VTSEG_LANES 8
 namespace avx2 {
 #include "token_pixel_kernels.h"
 }  // namespace avx2
+#undef VTSEG_LANES
 #pragma GCC pop_options
 #endif
+#define VTSEG_LANES 4  // SSE2, NEON
 namespace base {
 #include "token_pixel_kernels.h"
 }  // namespace base
+#undef VTSEG_LANES
 
 enum class Isa { kBase, kAvx2, kAvx512 };
 

@@ -2,131 +2,193 @@
 // token_pixel_attention.cpp (inside a namespace and a `#pragma GCC target` region), so
 // that every helper below is compiled, and inlined, for that instruction set.
 //
-// Pixels are rows: x[n * C + c] (a channels_last map seen as (N, C)). Vectors are GCC
-// vector extensions of 16 floats; the compiler lowers them to one AVX-512 register, two
-// AVX2 registers or four SSE/NEON registers.
+// VTSEG_LANES, set by the includer, is the width of that instruction set's vectors in
+// floats: 16 (AVX-512), 8 (AVX2) or 4 (SSE, NEON). Vectors are GCC vector extensions of
+// that width, so each is one register.
+//
+// Two layouts of a map's pixels:
+// * rows: x[n * C + c], a channels_last map seen as (N, C). Vectors run along the
+//   channels; a pixel's logits (one lane per token) are reduced from them.
+// * channel-major: x[c * xs + n], an NCHW map seen as (C, N). Vectors run along the
+//   pixels, one vector of logits per token.
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int i16 __attribute__((vector_size(64)));
+constexpr int kLanes = VTSEG_LANES;
+typedef float vf __attribute__((vector_size(4 * VTSEG_LANES)));
+typedef int vi __attribute__((vector_size(4 * VTSEG_LANES)));
 
-static inline v16 load(const float* p) {
-  v16 r;
+// Vectors holding one lane per token, for up to LMAX tokens.
+template <int LMAX>
+constexpr int token_vectors() {
+  return (LMAX + kLanes - 1) / kLanes;
+}
+
+static inline vf load(const float* p) {
+  vf r;
   std::memcpy(&r, p, sizeof(r));
   return r;
 }
 
-static inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+static inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 
-static inline v16 splat(float a) { return v16{} + a; }
+static inline vf splat(float a) { return vf{} + a; }
 
 // exp(x) to about 2 ulp (Cephes' expf polynomial), 0 below the smallest normal float.
-static inline v16 vexp(v16 x) {
-  const v16 hi = splat(88.3762626647949f), lo = splat(kLogMinNormal);
-  const i16 underflow = x < lo;
+static inline vf vexp(vf x) {
+  const vf hi = splat(88.3762626647949f), lo = splat(kLogMinNormal);
+  const vi underflow = x < lo;
   x = x > hi ? hi : x;
   x = x < lo ? lo : x;
-  const v16 magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
-  const v16 n = (x * splat(1.44269504088896341f) + magic) - magic;
-  const v16 r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
-  v16 p = splat(1.9875691500e-4f);
+  const vf magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+  const vf n = (x * splat(1.44269504088896341f) + magic) - magic;
+  const vf r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+  vf p = splat(1.9875691500e-4f);
   p = p * r + splat(1.3981999507e-3f);
   p = p * r + splat(8.3334519073e-3f);
   p = p * r + splat(4.1665795894e-2f);
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
   p = p * r * r + r + splat(1.f);
-  const i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
-  v16 two_n;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
-  const v16 y = p * two_n;
+  const vf y = p * two_n;
   return underflow ? splat(0.f) : y;
 }
 
+// Horizontal sum and maximum of a vector's lanes.
 #if defined(__clang__) || __GNUC__ >= 12
 #define VTSEG_SHUFFLE 1
-static inline v16 fold(v16 a, v16 b) {  // lanes 0-7: a's halves added, 8-15: b's
-  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-         __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30,
-                                 31);
-}
-static inline v16 fold4(v16 a, v16 b) {  // 8-lane groups of a and b to 4-lane groups
-  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-         __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
-                                 31);
-}
-static inline v16 fold2(v16 a, v16 b) {  // 4-lane groups of a and b to 2-lane groups
-  return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-         __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
-                                 31);
-}
-static inline v16 fold1(v16 a) {  // 2-lane groups to lanes 0-7 (8-15 repeat them)
-  return __builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14) +
-         __builtin_shufflevector(a, a, 1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
-}
-// Halves, quarters, ... of v combined by op, down to lane 0.
+// v combined by op with v's lanes swapped in blocks of half, a quarter, ... of the width.
 template <typename Op>
-static inline float reduce(v16 v, Op op) {
+static inline float reduce(vf v, Op op) {
+#if VTSEG_LANES == 16
   v = op(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
   v = op(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
   v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
   v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+#elif VTSEG_LANES == 8
+  v = op(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+  v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+#else
+  v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1));
+  v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2));
+#endif
   return v[0];
 }
-static inline float hsum(v16 v) {
-  return reduce(v, [](v16 a, v16 b) { return a + b; });
+static inline float hsum(vf v) {
+  return reduce(v, [](vf a, vf b) { return a + b; });
 }
-static inline float hmax(v16 v) {
-  return reduce(v, [](v16 a, v16 b) { return a > b ? a : b; });
-}
-// Lane l (l < 8) of the result: the sum of the lanes of acc[l].
-static inline v16 hsum8(const v16* acc) {
-  return fold1(fold2(fold4(fold(acc[0], acc[1]), fold(acc[2], acc[3])),
-                     fold4(fold(acc[4], acc[5]), fold(acc[6], acc[7]))));
+static inline float hmax(vf v) {
+  return reduce(v, [](vf a, vf b) { return a > b ? a : b; });
 }
 #else
-static inline float hsum(v16 v) {
-  float lo = 0.f, hi = 0.f;
-  for (int i = 0; i < 8; ++i) {
-    lo += v[i];
-    hi += v[i + 8];
-  }
-  return lo + hi;
+static inline float hsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
 }
-static inline float hmax(v16 v) {
+static inline float hmax(vf v) {
   float m = v[0];
-  for (int i = 1; i < 16; ++i) m = v[i] > m ? v[i] : m;
+  for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
   return m;
 }
 #endif
 
-// 0 in lanes l < L, -inf in the others: added to logits, it masks the padding tokens.
-static inline v16 token_pad(int64_t L) {
-  v16 pad;
-  for (int l = 0; l < 16; ++l) pad[l] = l < L ? 0.f : -INFINITY;
-  return pad;
+#if defined(VTSEG_SHUFFLE) && VTSEG_LANES == 16
+#define VTSEG_SUMS8 1
+static inline vf fold(vf a, vf b) {  // lanes 0-7: a's halves added, 8-15: b's
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+         __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30,
+                                 31);
 }
+static inline vf fold4(vf a, vf b) {  // 8-lane groups of a and b to 4-lane groups
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+         __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
+                                 31);
+}
+static inline vf fold2(vf a, vf b) {  // 4-lane groups of a and b to 2-lane groups
+  return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+         __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
+                                 31);
+}
+static inline vf fold1(vf a) {  // 2-lane groups to lanes 0-7 (8-15 repeat them)
+  return __builtin_shufflevector(a, a, 0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(a, a, 1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+// Lane l (l < 8) of the result: the sum of the lanes of acc[l].
+static inline vf sums8(const vf* acc) {
+  return fold1(fold2(fold4(fold(acc[0], acc[1]), fold(acc[2], acc[3])),
+                     fold4(fold(acc[4], acc[5]), fold(acc[6], acc[7]))));
+}
+#endif
 
-// Lane l of the result: scale * <x, k[l]> + pad[l] (pad: token_pad(L); k rows are C
-// floats, C % 16 == 0).
+// z[t] lane j: the sum of the lanes of acc[t * kLanes + j], for LMAX accumulators
+// (lanes past LMAX are 0).
 template <int LMAX>
-static inline v16 logits(const float* x, const float* k, int64_t C, v16 pad, float scale) {
-  v16 acc[LMAX];
-  for (int l = 0; l < LMAX; ++l) acc[l] = v16{};
-  for (int64_t c = 0; c < C; c += 16) {
-    const v16 xv = load(x + c);
-    for (int l = 0; l < LMAX; ++l) acc[l] += xv * load(k + l * C + c);
-  }
-  v16 z;
-#ifdef VTSEG_SHUFFLE
-  z = hsum8(acc);
+static inline void lane_sums(const vf* acc, vf* z) {
+#ifdef VTSEG_SUMS8
+  z[0] = sums8(acc);
   if (LMAX > 8) {
-    const v16 hi = hsum8(acc + 8);
-    z = __builtin_shufflevector(z, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    const vf hi = sums8(acc + 8);
+    z[0] = __builtin_shufflevector(z[0], hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
+                                   23);
+  } else {
+    z[0] = __builtin_shufflevector(z[0], vf{}, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21,
+                                   22, 23);
   }
 #else
-  for (int l = 0; l < 16; ++l) z[l] = l < LMAX ? hsum(acc[l]) : 0.f;
+  constexpr int TV = token_vectors<LMAX>();
+  float s[TV * kLanes] = {};
+  for (int l = 0; l < LMAX; ++l) s[l] = hsum(acc[l]);
+  for (int t = 0; t < TV; ++t) z[t] = load(s + t * kLanes);
 #endif
-  return z * scale + pad;
+}
+
+// 0 in the lanes of tokens l < L, -inf in the others: added to logits, it masks the
+// padding tokens.
+template <int LMAX>
+static inline void token_pad(int64_t L, vf* pad) {
+  constexpr int TV = token_vectors<LMAX>();
+  float p[TV * kLanes];
+  for (int l = 0; l < TV * kLanes; ++l) p[l] = l < L ? 0.f : -INFINITY;
+  for (int t = 0; t < TV; ++t) pad[t] = load(p + t * kLanes);
+}
+
+// ---- Pixels stored as rows ----
+
+// Lane l of z: scale * <x, k[l]> + pad[l] (k rows are C floats, C % 16 == 0).
+template <int LMAX>
+static inline void logits(const float* x, const float* k, int64_t C, const vf* pad, float scale,
+                          vf* z) {
+  vf acc[LMAX];
+  for (int l = 0; l < LMAX; ++l) acc[l] = vf{};
+  for (int64_t c = 0; c < C; c += kLanes) {
+    const vf xv = load(x + c);
+    for (int l = 0; l < LMAX; ++l) acc[l] += xv * load(k + l * C + c);
+  }
+  lane_sums<LMAX>(acc, z);
+  for (int t = 0; t < token_vectors<LMAX>(); ++t) z[t] = z[t] * scale + pad[t];
+}
+
+// softmax over the token lanes of z, in place (padding lanes are -inf and get 0), with no
+// subnormal weights.
+template <int LMAX>
+static inline void softmax_tokens(vf* z) {
+  constexpr int TV = token_vectors<LMAX>();
+  vf mv = z[0];
+  for (int t = 1; t < TV; ++t) mv = z[t] > mv ? z[t] : mv;
+  const float m = hmax(mv);
+  vf sv = vf{};
+  for (int t = 0; t < TV; ++t) {
+    z[t] = vexp(z[t] - m);  // the largest is exp(0) = 1: the sum is >= 1
+    sv += z[t];
+  }
+  const float inv = 1.f / hsum(sv);
+  for (int t = 0; t < TV; ++t) {
+    z[t] *= inv;
+    z[t] = z[t] < splat(kMinNormal) ? splat(0.f) : z[t];
+  }
 }
 
 // Pixels over tokens, pixels n0..n1: out[n] = res[n] + softmax_l(scale x[n] k^T) v.
@@ -135,17 +197,19 @@ template <int LMAX>
 static void pixels_over_tokens(const float* x, const float* k, const float* v,
                                const float* res, float* out, int64_t n0, int64_t n1,
                                int64_t C, int64_t Cv, int64_t L, float scale) {
-  static_assert(LMAX <= 16, "one vector of logits per pixel");
-  const v16 pad = token_pad(L);
+  static_assert(LMAX <= 16, "at most 16 tokens");
+  constexpr int TV = token_vectors<LMAX>();
+  vf pad[TV], z[TV];
+  token_pad<LMAX>(L, pad);
   for (int64_t n = n0; n < n1; ++n) {
-    const v16 z = logits<LMAX>(x + n * C, k, C, pad, scale);
-    const v16 e = vexp(z - hmax(z));  // the largest is exp(0) = 1: the sum is >= 1
-    v16 a = e * (1.f / hsum(e));
-    a = a < splat(kMinNormal) ? splat(0.f) : a;  // no subnormal weights
+    logits<LMAX>(x + n * C, k, C, pad, scale, z);
+    softmax_tokens<LMAX>(z);
+    float a[TV * kLanes];
+    for (int t = 0; t < TV; ++t) store(a + t * kLanes, z[t]);
     float* on = out + n * Cv;
     const float* rn = res ? res + n * Cv : nullptr;
-    for (int64_t c = 0; c < Cv; c += 16) {
-      v16 o = rn ? load(rn + c) : v16{};
+    for (int64_t c = 0; c < Cv; c += kLanes) {
+      vf o = rn ? load(rn + c) : vf{};
       for (int l = 0; l < LMAX; ++l) o += a[l] * load(v + l * Cv + c);
       store(on + c, o);
     }
@@ -173,8 +237,10 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
                                     float* acc, int64_t n0, int64_t n1, int64_t C, int64_t L,
                                     float scale) {
   constexpr int64_t kRows = 64;  // pixels whose logits are formed before they are pooled
-  const v16 pad = token_pad(L);
-  float z[kRows][16];
+  constexpr int TV = token_vectors<LMAX>();
+  vf pad[TV];
+  token_pad<LMAX>(L, pad);
+  float z[kRows][TV * kLanes];
   for (int l = 0; l < LMAX; ++l) {
     m[l] = -INFINITY;
     s[l] = 0.f;
@@ -182,29 +248,38 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
   std::fill(acc, acc + LMAX * C, 0.f);
   for (int64_t r0 = n0; r0 < n1; r0 += kRows) {
     const int64_t rows = std::min(kRows, n1 - r0);
-    v16 rm = splat(-INFINITY);
+    vf rm[TV], zi[TV];
+    for (int t = 0; t < TV; ++t) rm[t] = splat(-INFINITY);
     for (int64_t i = 0; i < rows; ++i) {
-      const v16 zi = logits<LMAX>(x + (r0 + i) * C, q, C, pad, scale);
-      store(z[i], zi);
-      rm = zi > rm ? zi : rm;
+      logits<LMAX>(x + (r0 + i) * C, q, C, pad, scale, zi);
+      for (int t = 0; t < TV; ++t) {
+        store(z[i] + t * kLanes, zi[t]);
+        rm[t] = zi[t] > rm[t] ? zi[t] : rm[t];
+      }
     }
-    float rms[16];
-    store(rms, rm);
+    float rms[TV * kLanes];
+    for (int t = 0; t < TV; ++t) store(rms + t * kLanes, rm[t]);
     raise_maxima(rms, m, s, acc, C, L);
-    v16 mv = splat(0.f);
-    for (int l = 0; l < LMAX; ++l) mv[l] = l < L ? m[l] : 0.f;
-    v16 sv = v16{};
-    for (int64_t i = 0; i < rows; ++i) {
-      const v16 e = vexp(load(z[i]) - mv);
-      store(z[i], e);
-      sv += e;
+    float ms[TV * kLanes] = {};
+    for (int l = 0; l < L; ++l) ms[l] = m[l];
+    vf mv[TV], sv[TV];
+    for (int t = 0; t < TV; ++t) {
+      mv[t] = load(ms + t * kLanes);
+      sv[t] = vf{};
     }
-    for (int l = 0; l < LMAX; ++l) s[l] += sv[l];
-    for (int64_t c = 0; c < C; c += 16) {
-      v16 a[LMAX];
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int t = 0; t < TV; ++t) {
+        const vf e = vexp(load(z[i] + t * kLanes) - mv[t]);
+        store(z[i] + t * kLanes, e);
+        sv[t] += e;
+      }
+    }
+    for (int l = 0; l < LMAX; ++l) s[l] += sv[l / kLanes][l % kLanes];
+    for (int64_t c = 0; c < C; c += kLanes) {
+      vf a[LMAX];
       for (int l = 0; l < LMAX; ++l) a[l] = load(acc + l * C + c);
       for (int64_t i = 0; i < rows; ++i) {
-        const v16 xv = load(x + (r0 + i) * C + c);
+        const vf xv = load(x + (r0 + i) * C + c);
         for (int l = 0; l < LMAX; ++l) a[l] += z[i][l] * xv;
       }
       for (int l = 0; l < LMAX; ++l) store(acc + l * C + c, a[l]);
@@ -213,43 +288,45 @@ static void tokens_over_pixels_part(const float* x, const float* q, float* m, fl
 }
 
 // ---- Pixels stored channel by channel (an NCHW map seen as (C, N), row stride xs) ----
-// Vectors run along the pixels: kTile pixels at a time, one vector of logits per token.
+// Vectors run along the pixels: kLanes pixels at a time, one vector of logits per token.
+// The caller hands over whole tiles of kTile (16) pixels, a multiple of kLanes.
 
-// z[l] (lanes: pixels p..p+15) = scale * <x[:, p + lane], k[l]>, -inf for l >= L.
+// z[l] (lanes: pixels p..p+kLanes-1) = scale * <x[:, p + lane], k[l]>, -inf for l >= L.
 template <int LMAX>
 static inline void logits_cm(const float* x, int64_t xs, const float* k, int64_t C, int64_t L,
-                             float scale, v16* z) {
-  for (int l = 0; l < LMAX; ++l) z[l] = v16{};
+                             float scale, vf* z) {
+  for (int l = 0; l < LMAX; ++l) z[l] = vf{};
   for (int64_t c = 0; c < C; ++c) {
-    const v16 xv = load(x + c * xs);
+    const vf xv = load(x + c * xs);
     for (int l = 0; l < LMAX; ++l) z[l] += k[l * C + c] * xv;
   }
   for (int l = 0; l < LMAX; ++l) z[l] = l < L ? z[l] * scale : splat(-INFINITY);
 }
 
-// pixels_over_tokens for channel-major pixels, whole tiles of kTile pixels from n0 to n1.
+// pixels_over_tokens for channel-major pixels n0..n1 (n1 - n0 a multiple of kTile).
 template <int LMAX>
 static void pixels_over_tokens_cm(const float* x, int64_t xs, const float* k, const float* v,
                                   const float* res, int64_t rs, float* out, int64_t os,
                                   int64_t n0, int64_t n1, int64_t C, int64_t Cv, int64_t L,
                                   float scale) {
-  v16 z[LMAX];
-  for (int64_t p = n0; p + kTile <= n1; p += kTile) {
+  static_assert(kTile % kLanes == 0, "tiles of whole vectors");
+  vf z[LMAX];
+  for (int64_t p = n0; p + kLanes <= n1; p += kLanes) {
     logits_cm<LMAX>(x + p, xs, k, C, L, scale, z);
-    v16 m = z[0];
+    vf m = z[0];
     for (int l = 1; l < LMAX; ++l) m = z[l] > m ? z[l] : m;
-    v16 sum = v16{};
+    vf sum = vf{};
     for (int l = 0; l < LMAX; ++l) {
       z[l] = vexp(z[l] - m);
       sum += z[l];
     }
-    const v16 inv = 1.f / sum;
+    const vf inv = 1.f / sum;
     for (int l = 0; l < LMAX; ++l) {
       z[l] *= inv;
       z[l] = z[l] < splat(kMinNormal) ? splat(0.f) : z[l];  // no subnormal weights
     }
     for (int64_t c = 0; c < Cv; ++c) {
-      v16 o = res ? load(res + c * rs + p) : v16{};
+      vf o = res ? load(res + c * rs + p) : vf{};
       for (int l = 0; l < LMAX; ++l) o += v[l * Cv + c] * z[l];
       store(out + c * os + p, o);
     }
@@ -257,56 +334,52 @@ static void pixels_over_tokens_cm(const float* x, int64_t xs, const float* k, co
 }
 
 // tokens_over_pixels_part for channel-major pixels n0..n1 (n1 - n0 a multiple of kTile).
-// acc is LMAX x C as in the row version; work holds kRows pixels' weights (LMAX vectors
-// per tile).
+// acc is LMAX x C as in the row version.
 template <int LMAX>
 static void tokens_over_pixels_part_cm(const float* x, int64_t xs, const float* q, float* m,
                                        float* s, float* acc, int64_t n0, int64_t n1,
                                        int64_t C, int64_t L, float scale) {
-  constexpr int64_t kTiles = 4;  // tiles whose logits are formed before they are pooled
-  v16 z[kTiles][LMAX];
+  constexpr int64_t kBlock = 64;  // pixels whose logits are formed before they are pooled
+  constexpr int kVecs = kBlock / kLanes;
+  vf z[kVecs][LMAX];
   for (int l = 0; l < LMAX; ++l) {
     m[l] = -INFINITY;
     s[l] = 0.f;
   }
   std::fill(acc, acc + LMAX * C, 0.f);
-  for (int64_t r0 = n0; r0 < n1; r0 += kTiles * kTile) {
-    const int64_t tiles = std::min(kTiles, (n1 - r0) / kTile);
+  for (int64_t r0 = n0; r0 < n1; r0 += kBlock) {
+    const int64_t vecs = std::min<int64_t>(kVecs, (n1 - r0) / kLanes);
     float rm[LMAX];
     for (int l = 0; l < LMAX; ++l) rm[l] = m[l];
-    for (int64_t t = 0; t < tiles; ++t) {
-      logits_cm<LMAX>(x + r0 + t * kTile, xs, q, C, L, scale, z[t]);
+    for (int64_t t = 0; t < vecs; ++t) {
+      logits_cm<LMAX>(x + r0 + t * kLanes, xs, q, C, L, scale, z[t]);
       for (int l = 0; l < L; ++l) rm[l] = std::max(rm[l], hmax(z[t][l]));
     }
     raise_maxima(rm, m, s, acc, C, L);
     for (int l = 0; l < LMAX; ++l) {
-      v16 sv = v16{};
-      const v16 ml = splat(l < L ? m[l] : 0.f);
-      for (int64_t t = 0; t < tiles; ++t) {
+      vf sv = vf{};
+      const vf ml = splat(l < L ? m[l] : 0.f);
+      for (int64_t t = 0; t < vecs; ++t) {
         z[t][l] = vexp(z[t][l] - ml);
         sv += z[t][l];
       }
       s[l] += hsum(sv);
     }
-    // acc[l][c] += sum over the tiles' pixels of z * x[c], two channels at a time
+    // acc[l][c] += sum over the block's pixels of z * x[c]
     for (int64_t c = 0; c < C; ++c) {
-      v16 a[LMAX];
-      for (int l = 0; l < LMAX; ++l) a[l] = v16{};
-      for (int64_t t = 0; t < tiles; ++t) {
-        const v16 xv = load(x + c * xs + r0 + t * kTile);
+      vf a[LMAX];
+      for (int l = 0; l < LMAX; ++l) a[l] = vf{};
+      for (int64_t t = 0; t < vecs; ++t) {
+        const vf xv = load(x + c * xs + r0 + t * kLanes);
         for (int l = 0; l < LMAX; ++l) a[l] += z[t][l] * xv;
       }
-#ifdef VTSEG_SHUFFLE
-      v16 sums = hsum8(a);
-      if (LMAX > 8) {
-        const v16 hi = hsum8(a + 8);
-        sums = __builtin_shufflevector(sums, hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21,
-                                       22, 23);
-      }
-      for (int l = 0; l < LMAX; ++l) acc[l * C + c] += sums[l];
-#else
-      for (int l = 0; l < LMAX; ++l) acc[l * C + c] += hsum(a[l]);
-#endif
+      constexpr int TV = token_vectors<LMAX>();
+      vf sums[TV];
+      lane_sums<LMAX>(a, sums);
+      for (int l = 0; l < LMAX; ++l) acc[l * C + c] += sums[l / kLanes][l % kLanes];
     }
   }
 }
+
+#undef VTSEG_SUMS8
+#undef VTSEG_SHUFFLE
