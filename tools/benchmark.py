@@ -18,6 +18,10 @@ Examples::
     # On a machine shared with other processes: one thread, process CPU time.
     python tools/benchmark.py --threads 1 --clock cpu
 
+    # As on a CPU without AVX-512: PyTorch, TorchInductor, oneDNN, MKL and vtseg's kernels
+    # capped at AVX2 (the tool starts itself anew with the variables that do it).
+    python tools/benchmark.py --cpu-isa avx2
+
 See vtseg/analysis/benchmark/ for what is measured and how, docs/benchmarks.md for
 results.
 """
@@ -25,18 +29,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from vtseg.analysis.benchmark import (
+    CPU_ISA_ENV,
     FORMS,
     HOST_MEMORY,
     MODES,
     PAPER_SIZES,
     TRAIN_FORMS,
     BenchmarkSettings,
+    cpu_isa_applied,
     format_table,
     parse_size,
     run_benchmark,
@@ -98,6 +105,11 @@ def build_parser() -> ArgumentParser:
                         help='reuse: freed host memory serves the next allocation, as the '
                              'configs declare (HostMemoryHook; default); system: the C '
                              'library default, every large map mapped and faulted in afresh')
+    parser.add_argument('--cpu-isa', choices=list(CPU_ISA_ENV), default='native',
+                        help='native: the CPU\'s instruction set (default); avx2: both '
+                             'models as on a CPU without AVX-512 (PyTorch, TorchInductor, '
+                             'oneDNN, MKL and vtseg\'s kernels capped at AVX2; ONNX Runtime '
+                             'cannot be capped and is left out)')
     parser.add_argument('--matmul-size', type=positive_int, default=2048,
                         help='side of the square fp32 torch.matmul whose rate the table reports')
     parser.add_argument('--out-dir', default='work_dirs/benchmark', type=work_dir,
@@ -126,14 +138,21 @@ def run(args: argparse.Namespace) -> int:
             sizes=_sizes(args.sizes),
             modes=_names(args.models),
             forms=_names(args.forms) if args.forms is not None else
-            [f for f in FORMS if f != 'onnxruntime' or args.device == 'cpu'],
+            [f for f in FORMS if f != 'onnxruntime'
+             or (args.device == 'cpu' and args.cpu_isa == 'native')],
             warmup=args.warmup, repeats=args.repeats, batch=args.batch,
             throughput_sizes=_sizes(args.throughput_sizes),
             train_sizes=_sizes(args.train_sizes), train_batch=args.train_batch,
             train_forms=_names(args.train_forms), device=args.device,
             threads=args.threads, dataset=args.dataset, config_dir=args.config_dir,
             memory=not args.no_memory, matmul_size=args.matmul_size, clock=args.clock,
-            host_memory=args.host_memory)
+            host_memory=args.host_memory, cpu_isa=args.cpu_isa)
+        if not cpu_isa_applied(args.cpu_isa):  # the libraries read it when they start
+            settings.check(environment=False)
+            env = dict(os.environ, **CPU_ISA_ENV[args.cpu_isa])
+            sys.stdout.flush()
+            os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *args.argv],
+                      env)
         settings.check()
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -147,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    return build_parser().run(run, argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+
+    def run_with_argv(args: argparse.Namespace) -> int:
+        args.argv = argv  # to start anew with the same arguments (--cpu-isa)
+        return run(args)
+    return build_parser().run(run_with_argv, argv)
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ Functional only: nothing here asserts a timing."""
 import importlib.util
 import json
 import os
+import platform
 import statistics
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from helpers import run_command
 
 from vtseg.analysis.benchmark import (
+    CPU_ISA_ENV,
     BenchmarkSettings,
     best_forms,
     format_table,
@@ -53,6 +55,8 @@ def test_parse_size():
     ('clock', 'tsc', 'clock must be one of'),
     ('clock', 'cpu', 'single-threaded CPU runs only'),  # threads not set to 1
     ('host_memory', 'jemalloc', 'host_memory must be one of'),
+    ('cpu_isa', 'sse', 'cpu_isa must be one of'),
+    ('cpu_isa', 'avx2', 'ONNX Runtime .* cannot be capped'),  # TINY times onnxruntime
 ])
 def test_settings_reject_bad_values(field, value, match):
     settings = BenchmarkSettings(**{**TINY, field: value})
@@ -211,6 +215,37 @@ def _cli():
     return module
 
 
+def test_capped_instruction_set_needs_its_environment(monkeypatch):
+    for name in CPU_ISA_ENV['avx2']:
+        monkeypatch.delenv(name, raising=False)
+    settings = BenchmarkSettings(**{**TINY, 'forms': ['eager'], 'cpu_isa': 'avx2'})
+    settings.check(environment=False)  # the CLI checks the rest, then starts anew with it
+    with pytest.raises(ValueError, match='needs ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA'
+                                         '=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 set before'):
+        settings.check()
+
+
+@pytest.mark.skipif(platform.machine() not in ('x86_64', 'AMD64')
+                    or 'avx2' not in Path('/proc/cpuinfo').read_text(),
+                    reason='needs an x86-64 CPU with AVX2')
+def test_cli_runs_both_models_as_on_a_cpu_without_avx512(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in CPU_ISA_ENV['avx2']}
+    out = tmp_path / 'bench'
+    proc = run_command(
+        [sys.executable, ROOT / 'tools/benchmark.py', '--cpu-isa', 'avx2', '--models', 'neck',
+         '--sizes', '64x64', '--repeats', '1', '--warmup', '0', '--forms', 'eager',
+         '--train-sizes', '', '--matmul-size', '64', '--no-memory', '--out-dir', out],
+        cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / 'benchmark.json').read_text())
+    assert data['settings']['cpu_isa'] == 'avx2'
+    # PyTorch and vtseg's kernels ran capped (oneDNN and MKL read the same environment)
+    assert data['machine']['torch_cpu_capability'] == 'AVX2'
+    assert data['machine']['vtseg_kernels'] == 'avx2'
+    assert 'Instruction set: capped at AVX2, as on a CPU without AVX-512' in proc.stdout
+    assert '| neck | 64x64 | 1 | eager |' in proc.stdout
+
+
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     cli = _cli()
     assert cli.main(['--sizes', '64']) == 2
@@ -229,6 +264,8 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert cli.main(['--models', 'r18']) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and "choose among ['neck', 'r50', 'r101']" in err
+    assert cli.main(['--cpu-isa', 'avx2', '--forms', 'eager,onnxruntime']) == 2
+    assert 'cannot be capped at avx2' in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert cli.main(['--device', 'cuda']) == 2
         assert 'no CUDA device' in capsys.readouterr().err

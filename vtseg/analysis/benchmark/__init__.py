@@ -20,18 +20,20 @@ from .report import (
 )
 from .runner import Measurement, run_benchmark
 from .settings import (
+    CPU_ISA_ENV,
     HOST_MEMORY,
     MODES,
     NECKS,
     PAPER_SIZES,
     BenchmarkSettings,
+    cpu_isa_applied,
     default_dataset,
     parse_size,
 )
 from .timing import interleaved_times, matmul_rate
 
 __all__ = [
-    'NECKS', 'MODES', 'HOST_MEMORY', 'FORMS', 'TRAIN_FORMS', 'PAPER_SIZES', 'BenchmarkSettings',
+    'NECKS', 'MODES', 'HOST_MEMORY', 'CPU_ISA_ENV', 'cpu_isa_applied', 'FORMS', 'TRAIN_FORMS', 'PAPER_SIZES', 'BenchmarkSettings',
     'Measurement', 'parse_size', 'default_dataset', 'matmul_rate', 'peak_memory',
     'interleaved_times', 'run_benchmark', 'format_table', 'best_forms', 'paired_speedup',
     'scaling_exponents', 'plot_latency', 'save_results', 'machine_info',

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ...models.layers.token_pixel_kernels import kernels_isa
+from .settings import CPU_ISA_ENV
 
 __all__ = ['machine_info', 'load_average', 'paired_speedup', 'best_forms', 'format_table',
            'scaling_exponents', 'plot_latency', 'save_results']
@@ -176,6 +177,12 @@ def format_table(results: Dict[str, object]) -> str:
                  f'({results["settings"]["matmul_size"]}^3, best of before/after: '
                  f'{results["matmul_gmacs"]["before"]:.1f} / '
                  f'{results["matmul_gmacs"]["after"]:.1f}).')
+    cpu_isa = results['settings'].get('cpu_isa', 'native')
+    if cpu_isa != 'native':
+        env = ' '.join(f'{k}={v}' for k, v in CPU_ISA_ENV[cpu_isa].items())
+        lines.append(f'Instruction set: capped at {cpu_isa.upper()}, as on a CPU without '
+                     f'AVX-512 ({env}): PyTorch, TorchInductor, oneDNN, MKL and vtseg\'s '
+                     'kernels alike, for both models.')
     reused = info.get('host_memory_reused')
     if reused is not None:
         lines.append('Host memory: ' + ('freed memory reused (vtseg HostMemoryHook, as the '

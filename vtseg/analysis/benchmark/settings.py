@@ -1,6 +1,7 @@
 """What the benchmark measures: models, sizes, forms, clocks."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -9,8 +10,8 @@ import torch
 from .forms import FORMS, TRAIN_FORMS
 from .timing import CLOCKS
 
-__all__ = ['NECKS', 'MODES', 'HOST_MEMORY', 'PAPER_SIZES', 'BenchmarkSettings', 'parse_size',
-           'default_dataset']
+__all__ = ['NECKS', 'MODES', 'HOST_MEMORY', 'CPU_ISA_ENV', 'PAPER_SIZES', 'BenchmarkSettings',
+           'parse_size', 'default_dataset', 'cpu_isa_applied']
 
 #: Necks compared, by the prefix of their config files.
 NECKS = {'FPN': 'fpn', 'VT-FPN': 'vtfpn'}
@@ -19,8 +20,24 @@ MODES = {'neck': 50, 'r50': 50, 'r101': 101}
 #: Host memory: freed memory reused as the configs declare (``HostMemoryHook``), or the
 #: C library's default (large blocks mapped afresh and returned on every free).
 HOST_MEMORY = {'reuse': True, 'system': False}
+#: The CPU instruction set both models run with. ``'avx2'`` runs them as on a CPU without
+#: AVX-512: PyTorch's kernels and TorchInductor's generated code (``ATEN_CPU_CAPABILITY``),
+#: oneDNN's convolutions (``ONEDNN_MAX_CPU_ISA``), MKL's GEMMs
+#: (``MKL_ENABLE_INSTRUCTIONS``) and vtseg's kernels (which follow PyTorch's) use AVX2 at
+#: most. Each library reads its variable when it starts: they are set before the process
+#: imports torch (``tools/benchmark.py --cpu-isa`` starts itself anew with them).
+CPU_ISA_ENV = {
+    'native': {},
+    'avx2': {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2',
+             'MKL_ENABLE_INSTRUCTIONS': 'AVX2'},
+}
 #: Input sizes of the paper: LIP 473x473 and COCO-Stuff 800x1216.
 PAPER_SIZES = ((473, 473), (800, 1216))
+
+
+def cpu_isa_applied(cpu_isa: str) -> bool:
+    """Whether this process runs with ``CPU_ISA_ENV[cpu_isa]`` set."""
+    return all(os.environ.get(k) == v for k, v in CPU_ISA_ENV[cpu_isa].items())
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -60,8 +77,11 @@ class BenchmarkSettings:
     matmul_size: int = 2048
     clock: str = 'wall'                 # 'wall' or 'cpu' (process CPU time, 1 thread)
     host_memory: str = 'reuse'          # 'reuse' (as the configs declare) or 'system'
+    cpu_isa: str = 'native'             # a key of CPU_ISA_ENV
 
-    def check(self) -> None:
+    def check(self, *, environment: bool = True) -> None:
+        """Raise ``ValueError`` naming the first bad setting; ``environment=False`` leaves
+        out whether this process runs with ``CPU_ISA_ENV[cpu_isa]`` set."""
         for name, low in [('warmup', 0), ('repeats', 1), ('batch', 1), ('train_batch', 1),
                           ('matmul_size', 1)]:
             value = getattr(self, name)
@@ -87,6 +107,21 @@ class BenchmarkSettings:
         if self.host_memory not in HOST_MEMORY:
             raise ValueError(f'host_memory must be one of {list(HOST_MEMORY)}, got '
                              f'{self.host_memory!r}')
+        if self.cpu_isa not in CPU_ISA_ENV:
+            raise ValueError(f'cpu_isa must be one of {list(CPU_ISA_ENV)}, got '
+                             f'{self.cpu_isa!r}')
+        if self.cpu_isa != 'native':
+            if self.device != 'cpu':
+                raise ValueError(f'cpu_isa={self.cpu_isa!r} caps the CPU\'s instruction set: '
+                                 'use --device cpu')
+            if 'onnxruntime' in self.forms:
+                raise ValueError('ONNX Runtime chooses its kernels from the CPU alone and '
+                                 f'cannot be capped at {self.cpu_isa}: drop onnxruntime '
+                                 'from forms (--forms)')
+            if environment and not cpu_isa_applied(self.cpu_isa):
+                env = ' '.join(f'{k}={v}' for k, v in CPU_ISA_ENV[self.cpu_isa].items())
+                raise ValueError(f'cpu_isa={self.cpu_isa!r} needs {env} set before the '
+                                 'process starts (tools/benchmark.py --cpu-isa does it)')
         if not self.device.startswith('cuda') and self.device != 'cpu':
             raise ValueError(f'device {self.device!r}: use cpu or cuda[:N]')
         if 'onnxruntime' in self.forms:
