@@ -1,13 +1,14 @@
 // Fused CPU kernels of the attention between a few tokens and a map's pixels (float32,
-// inference, maps stored channels_last or NCHW): the tokenizers' softmax_N(q x^T) x and the projector's
-// residual + softmax_L(x k^T) v, each in one pass over the pixels, with nothing of the
-// map's size but the projector's output written. The Python side
+// inference, maps stored channels_last or NCHW): the tokenizers' softmax_N(q x^T) x and
+// the projector's residual + softmax_L(x k^T) v, each in one pass over the pixels, with
+// nothing of the map's size but the projector's output written. The Python side
 // (vtseg/models/layers/token_pixel_kernels.py) decides when they apply; the other cases
 // run PyTorch's products (vtseg/models/layers/token_pixel_attention.py).
 //
 // Compiled once per instruction set (x86-64 with AVX-512, with AVX2 + FMA, and the
-// baseline) and chosen at run time from what the CPU supports, as PyTorch's own CPU
-// kernels are: the same build runs on any x86-64 CPU.
+// baseline: SSE2, or NEON elsewhere), each with vectors of its own width, and chosen at
+// run time as PyTorch's own CPU kernels are: the widest that both the CPU and PyTorch
+// use. The same build runs on any x86-64 CPU.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>

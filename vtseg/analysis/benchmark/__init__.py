@@ -33,7 +33,8 @@ from .settings import (
 from .timing import interleaved_times, matmul_rate
 
 __all__ = [
-    'NECKS', 'MODES', 'HOST_MEMORY', 'CPU_ISA_ENV', 'cpu_isa_applied', 'FORMS', 'TRAIN_FORMS', 'PAPER_SIZES', 'BenchmarkSettings',
+    'NECKS', 'MODES', 'HOST_MEMORY', 'CPU_ISA_ENV', 'FORMS', 'TRAIN_FORMS', 'PAPER_SIZES',
+    'BenchmarkSettings', 'cpu_isa_applied',
     'Measurement', 'parse_size', 'default_dataset', 'matmul_rate', 'peak_memory',
     'interleaved_times', 'run_benchmark', 'format_table', 'best_forms', 'paired_speedup',
     'scaling_exponents', 'plot_latency', 'save_results', 'machine_info',
