@@ -110,13 +110,28 @@ struct Layout {
   int64_t stride;  // between pixels (rows) or between channels (channel-major)
 };
 
-Layout layout_of(const at::Tensor& t, const char* what) {
-  const int64_t n = t.size(1), c = t.size(2);
-  if (t.stride(2) == 1 && (n == 1 || t.stride(1) == c)) return {true, c};
-  TORCH_CHECK(t.stride(1) == 1 && t.stride(2) >= n, what,
-              ": the pixels must be rows (a channels_last map) or channel rows (an NCHW "
-              "map), got strides ", t.strides());
-  return {false, t.stride(2)};
+bool is_rows(const at::Tensor& t) {
+  return t.stride(2) == 1 && (t.size(1) == 1 || t.stride(1) == t.size(2));
+}
+
+bool is_channel_rows(const at::Tensor& t) {
+  return t.stride(1) == 1 && t.stride(2) >= t.size(1);
+}
+
+// The pixels as they come when they are rows or channel rows; other strides (the ops are
+// tagged flexible_layout: TorchInductor may hand them any) are copied into rows.
+at::Tensor as_pixels(const at::Tensor& t) {
+  return is_rows(t) || is_channel_rows(t) ? t : t.contiguous();
+}
+
+Layout layout_of(const at::Tensor& t) {
+  return is_rows(t) ? Layout{true, t.size(2)} : Layout{false, t.stride(2)};
+}
+
+// t stored as pixels of layout `like` are, copied if it is not.
+at::Tensor stored_as(const at::Tensor& t, const Layout& like) {
+  if (like.rows) return is_rows(t) ? t : t.contiguous();
+  return is_channel_rows(t) ? t : t.transpose(1, 2).contiguous().transpose(1, 2);
 }
 
 void check_args(const at::Tensor& pixels, const at::Tensor& tokens, const char* what) {
@@ -139,9 +154,10 @@ std::vector<float> gather_rows(const float* x, int64_t xs, int64_t n0, int64_t n
 }
 
 // softmax_N(scale q x^T) x: q (B, L, C) tokens, x (B, N, C) pixels -> (B, L, C).
-at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x, double scale) {
-  check_args(x, q, "tokens_over_pixels");
-  const Layout lx = layout_of(x, "tokens_over_pixels");
+at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x_in, double scale) {
+  check_args(x_in, q, "tokens_over_pixels");
+  const at::Tensor x = as_pixels(x_in);
+  const Layout lx = layout_of(x);
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), L = q.size(1);
   TORCH_CHECK(q.size(2) == C, "tokens_over_pixels: q and x widths differ");
   TORCH_CHECK(N >= 1, "tokens_over_pixels: no pixels");
@@ -221,10 +237,11 @@ at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x, double s
 
 // residual + softmax_L(scale x k^T) v: x (B, N, C) pixels, k (B, L, C), v (B, L, Cv),
 // residual (B, N, Cv) pixels stored as x, or None -> (B, N, Cv) pixels stored as x.
-at::Tensor pixels_over_tokens(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
+at::Tensor pixels_over_tokens(const at::Tensor& x_in, const at::Tensor& k, const at::Tensor& v,
                               const c10::optional<at::Tensor>& residual, double scale) {
-  check_args(x, k, "pixels_over_tokens");
-  const Layout lx = layout_of(x, "pixels_over_tokens");
+  check_args(x_in, k, "pixels_over_tokens");
+  const at::Tensor x = as_pixels(x_in);
+  const Layout lx = layout_of(x);
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), L = k.size(1), Cv = v.size(2);
   TORCH_CHECK(k.size(2) == C, "pixels_over_tokens: x and k widths differ");
   TORCH_CHECK(v.dim() == 3 && v.size(0) == B && v.size(1) == L && v.scalar_type() == at::kFloat,
@@ -232,17 +249,15 @@ at::Tensor pixels_over_tokens(const at::Tensor& x, const at::Tensor& k, const at
   TORCH_CHECK(Cv % 16 == 0, "pixels_over_tokens: value channels must be a multiple of 16");
   const float* rd = nullptr;
   int64_t rb = 0, rs = 0;
+  at::Tensor r;
   if (residual.has_value()) {
-    const at::Tensor& r = *residual;
-    TORCH_CHECK(r.scalar_type() == at::kFloat && r.dim() == 3 && r.size(0) == B &&
-                    r.size(1) == N && r.size(2) == Cv,
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->dim() == 3 &&
+                    residual->size(0) == B && residual->size(1) == N && residual->size(2) == Cv,
                 "pixels_over_tokens: the residual must be (B, N, Cv) float32");
-    const Layout lr = layout_of(r, "pixels_over_tokens");
-    TORCH_CHECK(lr.rows == lx.rows || N == 1,
-                "pixels_over_tokens: the residual must be stored as the pixels are");
+    r = stored_as(*residual, lx);
     rd = r.data_ptr<float>();
     rb = r.stride(0);
-    rs = lr.stride;
+    rs = lx.rows ? Cv : r.stride(2);
   }
   const int64_t lmax = L <= 8 ? 8 : 16;
   const at::Tensor kp = padded_rows(k, lmax), vp = padded_rows(v, lmax);
@@ -312,14 +327,16 @@ at::Tensor pixels_over_tokens(const at::Tensor& x, const at::Tensor& k, const at
 }  // namespace
 }  // namespace vtseg
 
-// needs_exact_strides: torch.compile hands the ops their inputs in the memory layout they
-// were traced with (the projector writes its output in the layout of its pixels).
+// flexible_layout: torch.compile hands the ops their inputs in whatever layout it stores
+// them in (an NCHW model's convolution outputs may be channels_last), with no copy into
+// the layout they were traced with; the shape functions (token_pixel_kernels.py) give the
+// projector's output the layout of its pixels, as the op does.
 TORCH_LIBRARY(vtseg, m) {
   m.def("tokens_over_pixels(Tensor q, Tensor x, float scale) -> Tensor",
-        {at::Tag::needs_exact_strides, at::Tag::pt2_compliant_tag});
+        {at::Tag::flexible_layout, at::Tag::pt2_compliant_tag});
   m.def("pixels_over_tokens(Tensor x, Tensor k, Tensor v, Tensor? residual, float scale) "
         "-> Tensor",
-        {at::Tag::needs_exact_strides, at::Tag::pt2_compliant_tag});
+        {at::Tag::flexible_layout, at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(vtseg, CPU, m) {

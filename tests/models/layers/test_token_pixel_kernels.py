@@ -165,17 +165,41 @@ def test_where_the_kernels_do_not_apply():
 
 
 def test_the_ops_check_their_arguments():
-    strided = torch.randn(1, 50, 64)[..., ::2]
     t = torch.randn(1, 8, 32)
-    with pytest.raises(RuntimeError, match='pixels must be rows .* or channel rows'):
-        torch.ops.vtseg.tokens_over_pixels(t, strided, 1.0)
     with pytest.raises(RuntimeError, match='1 to 16 tokens'):
         torch.ops.vtseg.pixels_over_tokens(torch.randn(1, 50, 32), torch.randn(1, 17, 32),
                                            torch.randn(1, 17, 32), None, 1.0)
-    with pytest.raises(RuntimeError, match='stored as the pixels are'):
+    with pytest.raises(RuntimeError, match='channels must be a multiple of 16'):
+        torch.ops.vtseg.tokens_over_pixels(torch.randn(1, 8, 24), torch.randn(1, 50, 24), 1.0)
+    with pytest.raises(RuntimeError, match='float32'):
+        torch.ops.vtseg.tokens_over_pixels(t.double(), torch.randn(1, 50, 32).double(), 1.0)
+    with pytest.raises(RuntimeError, match='residual must be'):
         x = torch.randn(1, 50, 32)
-        torch.ops.vtseg.pixels_over_tokens(x, t, t, x.transpose(1, 2).contiguous()
-                                           .transpose(1, 2), 1.0)
+        torch.ops.vtseg.pixels_over_tokens(x, t, t, x[:, :49], 1.0)
+
+
+@LAYOUTS
+def test_the_ops_take_pixels_in_any_strides(layout):
+    """torch.compile may hand the ops (tagged flexible_layout) pixels in strides other than
+    those traced: pixels stored neither way are copied into rows, a residual stored
+    otherwise than the pixels into their layout, and the output is stored as the shape
+    function says."""
+    g = torch.Generator().manual_seed(3)
+    x = _rows(2, 50, 32, g, layout)
+    k = torch.randn(2, 8, 32, generator=g)
+    v = torch.randn(2, 8, 32, generator=g)
+    strided = torch.randn(2, 50, 64, generator=g)[..., ::2]  # neither layout
+    out = torch.ops.vtseg.tokens_over_pixels(k, strided, 0.5)
+    torch.testing.assert_close(out, _plain(k, strided, strided, 0.5, None), rtol=1e-5,
+                               atol=1e-5)
+    other = _rows(2, 50, 32, g, 'rows' if layout == 'channels' else 'channels')
+    other.copy_(torch.randn(2, 50, 32, generator=g))
+    for pixels, residual in [(x, other), (strided, x), (strided, None)]:
+        out = torch.ops.vtseg.pixels_over_tokens(pixels, k, v, residual, 0.7)
+        torch.testing.assert_close(out, _plain(pixels, k, v, 0.7, residual), rtol=1e-5,
+                                   atol=1e-5)
+        fake = token_pixel_kernels._pixels_over_tokens_fake(pixels, k, v, residual, 0.7)
+        assert out.stride() == fake.stride()
 
 
 def test_training_and_tracing_run_pytorchs_products(monkeypatch):
@@ -262,4 +286,28 @@ def test_compiled_nchw_model_where_inductor_stores_maps_channels_last():
         outs = torch.compile(neck)(feats)
         refs = neck(feats)
     for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_nchw_model_hands_the_ops_its_channels_last_maps():
+    """The ops take the maps in the layout TorchInductor stores them in (flexible_layout):
+    a compiled NCHW model whose convolution outputs Inductor stores channels_last copies
+    no map back to NCHW for them, and needs no more memory than run eagerly (it needed
+    1.7x as much while the ops asked for the strides they were traced with)."""
+    from torch._inductor import config as inductor_config
+
+    from vtseg.analysis.benchmark import peak_memory
+    from vtseg.models import VTFPN
+    torch.manual_seed(0)
+    channels = [64, 128, 256, 512]
+    neck = VTFPN(channels, 64, 4, num_tokens=8, token_channels=128, num_heads=4).eval()
+    feats = [torch.randn(1, c, 128 // s, 128 // s) for c, s in zip(channels, (1, 2, 4, 8))]
+    torch._dynamo.reset()
+    with torch.no_grad(), inductor_config.patch(force_layout_optimization=True):
+        compiled = torch.compile(neck)
+        outs, refs = compiled(feats), neck(feats)
+        eager = peak_memory(lambda: neck(feats))['tensors']
+        assert peak_memory(lambda: compiled(feats))['tensors'] <= 1.1 * eager
+    for out, ref in zip(outs, refs):
+        assert out.stride() == ref.stride()
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
