@@ -85,16 +85,24 @@ const char* isa_name() {
   }
 }
 
+// fn<LMAX>(...) compiled for the instruction set cpu_isa() names.
 #ifdef VTSEG_X86_DISPATCH
-#define VTSEG_DISPATCH(fn, LMAX, ...)                                   \
+#define VTSEG_ISA(fn, LMAX, ...)                                        \
   switch (cpu_isa()) {                                                 \
     case Isa::kAvx512: avx512::fn<LMAX>(__VA_ARGS__); break;           \
     case Isa::kAvx2: avx2::fn<LMAX>(__VA_ARGS__); break;               \
     default: base::fn<LMAX>(__VA_ARGS__);                              \
   }
 #else
-#define VTSEG_DISPATCH(fn, LMAX, ...) base::fn<LMAX>(__VA_ARGS__);
+#define VTSEG_ISA(fn, LMAX, ...) base::fn<LMAX>(__VA_ARGS__);
 #endif
+// fn<8> or fn<16> (lmax: the tokens padded to 8 or 16), for that instruction set.
+#define VTSEG_DISPATCH(fn, lmax, ...)  \
+  if ((lmax) == 8) {                   \
+    VTSEG_ISA(fn, 8, __VA_ARGS__)      \
+  } else {                             \
+    VTSEG_ISA(fn, 16, __VA_ARGS__)     \
+  }
 
 // The few tokens' rows, zero-padded to lmax rows, contiguous: (B, lmax, C).
 at::Tensor padded_rows(const at::Tensor& t, int64_t lmax) {
@@ -195,20 +203,13 @@ at::Tensor tokens_over_pixels(const at::Tensor& q, const at::Tensor& x_in, doubl
         std::fill(p, p + lmax, -INFINITY);
         continue;
       }
-#define VTSEG_TOKENS_PART(LMAX)                                                            \
-  if (rows) {                                                                              \
-    VTSEG_DISPATCH(tokens_over_pixels_part, LMAX, xbat, qbat, p, p + lmax, p + 2 * lmax,   \
-                   n0, n1, C, L, fscale)                                                   \
-  } else {                                                                                 \
-    VTSEG_DISPATCH(tokens_over_pixels_part_cm, LMAX, xbat, lx.stride, qbat, p, p + lmax,   \
-                   p + 2 * lmax, n0, n1, C, L, fscale)                                     \
-  }
-      if (lmax == 8) {
-        VTSEG_TOKENS_PART(8)
+      if (rows) {
+        VTSEG_DISPATCH(tokens_over_pixels_part, lmax, xbat, qbat, p, p + lmax, p + 2 * lmax,
+                       n0, n1, C, L, fscale)
       } else {
-        VTSEG_TOKENS_PART(16)
+        VTSEG_DISPATCH(tokens_over_pixels_part_cm, lmax, xbat, lx.stride, qbat, p, p + lmax,
+                       p + 2 * lmax, n0, n1, C, L, fscale)
       }
-#undef VTSEG_TOKENS_PART
     }
   });
   auto out = at::empty({B, L, C}, x.options());
@@ -285,35 +286,20 @@ at::Tensor pixels_over_tokens(const at::Tensor& x_in, const at::Tensor& k, const
       const float* kbat = kd + b * lmax * C;
       const float* vbat = vd + b * lmax * Cv;
       if (lx.rows) {
-        if (lmax == 8) {
-          VTSEG_DISPATCH(pixels_over_tokens, 8, xbat, kbat, vbat, rbat, obat, n0, n1, C, Cv, L,
-                         fscale)
-        } else {
-          VTSEG_DISPATCH(pixels_over_tokens, 16, xbat, kbat, vbat, rbat, obat, n0, n1, C, Cv, L,
-                         fscale)
-        }
+        VTSEG_DISPATCH(pixels_over_tokens, lmax, xbat, kbat, vbat, rbat, obat, n0, n1, C, Cv, L,
+                       fscale)
       } else {
         const int64_t whole = n0 + (n1 - n0) / kTile * kTile;
-        if (lmax == 8) {
-          VTSEG_DISPATCH(pixels_over_tokens_cm, 8, xbat, lx.stride, kbat, vbat, rbat, rs, obat,
-                         os, n0, whole, C, Cv, L, fscale)
-        } else {
-          VTSEG_DISPATCH(pixels_over_tokens_cm, 16, xbat, lx.stride, kbat, vbat, rbat, rs, obat,
-                         os, n0, whole, C, Cv, L, fscale)
-        }
+        VTSEG_DISPATCH(pixels_over_tokens_cm, lmax, xbat, lx.stride, kbat, vbat, rbat, rs, obat,
+                       os, n0, whole, C, Cv, L, fscale)
         if (whole < n1) {  // the last pixels, as rows
           const std::vector<float> xr = gather_rows(xbat, lx.stride, whole, n1, C);
           const std::vector<float> rr =
               rbat ? gather_rows(rbat, rs, whole, n1, Cv) : std::vector<float>();
           std::vector<float> orow((n1 - whole) * Cv);
           const int64_t cnt = n1 - whole;
-          if (lmax == 8) {
-            VTSEG_DISPATCH(pixels_over_tokens, 8, xr.data(), kbat, vbat,
-                           rbat ? rr.data() : nullptr, orow.data(), 0, cnt, C, Cv, L, fscale)
-          } else {
-            VTSEG_DISPATCH(pixels_over_tokens, 16, xr.data(), kbat, vbat,
-                           rbat ? rr.data() : nullptr, orow.data(), 0, cnt, C, Cv, L, fscale)
-          }
+          VTSEG_DISPATCH(pixels_over_tokens, lmax, xr.data(), kbat, vbat,
+                         rbat ? rr.data() : nullptr, orow.data(), 0, cnt, C, Cv, L, fscale)
           for (int64_t n = 0; n < cnt; ++n)
             for (int64_t c = 0; c < Cv; ++c) obat[c * os + whole + n] = orow[n * Cv + c];
         }

@@ -123,8 +123,8 @@ static inline vf sums8(const vf* acc) {
 }
 #endif
 
-// z[t] lane j: the sum of the lanes of acc[t * kLanes + j], for LMAX accumulators
-// (lanes past LMAX are 0).
+// z[t] lane j: the sum of the lanes of acc[t * kLanes + j], for LMAX accumulators (lanes
+// past LMAX hold anything: the callers mask or skip them).
 template <int LMAX>
 static inline void lane_sums(const vf* acc, vf* z) {
 #ifdef VTSEG_SUMS8
@@ -133,9 +133,6 @@ static inline void lane_sums(const vf* acc, vf* z) {
     const vf hi = sums8(acc + 8);
     z[0] = __builtin_shufflevector(z[0], hi, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
                                    23);
-  } else {
-    z[0] = __builtin_shufflevector(z[0], vf{}, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21,
-                                   22, 23);
   }
 #else
   constexpr int TV = token_vectors<LMAX>();

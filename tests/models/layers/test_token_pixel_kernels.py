@@ -150,10 +150,6 @@ def test_where_the_kernels_do_not_apply():
     g = torch.Generator().manual_seed(0)
     x = _rows(1, 50, 32, g)
     t = torch.randn(1, 8, 32, generator=g)
-    nchw = _rows(1, 50, 32, g, 'channels')
-    assert fused_forward(nchw, t, t, 1.0, x) is None  # pixels and residual stored apart
-    strided = torch.randn(1, 50, 64, generator=g)[..., ::2]  # neither layout
-    assert fused_forward(t, strided, strided, 1.0, None) is None
     assert fused_forward(t.bfloat16(), x.bfloat16(), x.bfloat16(), 1.0, None) is None
     x12, t12 = _rows(1, 50, 12, g), torch.randn(1, 8, 12, generator=g)
     assert fused_forward(t12, x12, x12, 1.0, None) is None  # channels not a multiple of 16
@@ -176,6 +172,19 @@ def test_the_ops_check_their_arguments():
     with pytest.raises(RuntimeError, match='residual must be'):
         x = torch.randn(1, 50, 32)
         torch.ops.vtseg.pixels_over_tokens(x, t, t, x[:, :49], 1.0)
+
+
+def test_pixels_in_other_strides_run_the_kernels():
+    """Pixels stored neither as rows nor as channel rows, or a residual stored otherwise
+    than the pixels, still run the kernels (the ops copy them into one layout)."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(1, 8, 32, generator=g)
+    x, nchw = _rows(1, 50, 32, g), _rows(1, 50, 32, g, 'channels')
+    strided = torch.randn(1, 50, 64, generator=g)[..., ::2]
+    for q, k, v, res in [(nchw, t, t, x), (t, strided, strided, None)]:
+        out = fused_forward(q, k, v, 1.0, res)
+        assert out is not None
+        torch.testing.assert_close(out, _plain(q, k, v, 1.0, res), rtol=1e-5, atol=1e-5)
 
 
 @LAYOUTS
@@ -223,13 +232,17 @@ def test_training_and_tracing_run_pytorchs_products(monkeypatch):
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
                          ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('block', ['tokenizer', 'projector'])
-def test_blocks_equal_the_explicit_path(block, memory_format):
+def test_blocks_equal_the_explicit_path(block, memory_format, monkeypatch):
+    ran = []  # what the kernels returned: the blocks' inference runs them
+    monkeypatch.setattr('vtseg.models.layers.token_pixel_attention.fused_forward',
+                        lambda *a: ran.append(fused_forward(*a)) or ran[-1])
     torch.manual_seed(0)
     m = FilterTokenizer(32, 8, 48) if block == 'tokenizer' else Projector(32, 48)
     x = torch.randn(2, 32, 19, 23).contiguous(memory_format=memory_format)
     args = (x,) if block == 'tokenizer' else (x, torch.randn(2, 8, 48))
     with torch.no_grad():
         fused = m(*args)
+        assert len(ran) == 1 and ran[0] is not None
         with explicit_attention(m):
             explicit = m(*args)
     fused, explicit = (fused[0], explicit[0]) if block == 'tokenizer' else (fused, explicit)

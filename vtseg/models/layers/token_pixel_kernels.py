@@ -23,10 +23,11 @@ instruction set and pick the widest that the CPU has and PyTorch uses, at run ti
 (:func:`kernels_isa`), so no choice in them depends on the machine beyond that; their
 results do not depend on the number of threads.
 
-:func:`fused_forward` uses them where they apply (inference on CPU float32 tensors, pixels
-stored as rows or channel rows, i.e. channels_last or NCHW maps, channel counts that are
-multiples of 16, at most 16 tokens) and returns ``None`` elsewhere; the ops are registered
-with fake (shape) implementations, so :func:`torch.compile` keeps them in its graph.
+:func:`fused_forward` uses them where they apply (inference on CPU float32 tensors, channel
+counts that are multiples of 16, at most 16 tokens) and returns ``None`` elsewhere. The ops
+read pixels stored as rows or channel rows (channels_last or NCHW maps) as they are and
+copy any other strides into rows; they are registered with fake (shape) implementations,
+so :func:`torch.compile` keeps them in its graph.
 Tracing (FLOP counting, ONNX export) never uses them, so counted MACs and exported graphs
 are those of the plain products.
 """
@@ -91,7 +92,8 @@ if _ERROR is None:
             return x.new_empty(b, cv, n).transpose(1, 2)
         return x.new_empty(b, n, cv)
 
-#: The kernels keep one vector of logits per pixel and read channels 16 at a time.
+#: The kernels hold a pixel's logits in 16 lanes (tokens padded to 8 or 16) and read
+#: channels in vectors of up to 16 floats.
 MAX_TOKENS = 16
 CHANNEL_MULTIPLE = 16
 
@@ -113,13 +115,14 @@ def _usable(device: torch.device) -> bool:
 
 
 def _applies(tensors, pixels, tokens) -> bool:
+    """CPU float32 outside autocast, at most MAX_TOKENS tokens, channels a multiple of
+    CHANNEL_MULTIPLE. Any strides do: the ops read rows and channel rows as they are and
+    copy other layouts into rows."""
     if any(t.device.type != 'cpu' or t.dtype != torch.float32 for t in tensors):
         return False
     if torch.is_autocast_enabled('cpu'):  # products run in the autocast dtype elsewhere
         return False
-    layouts = {_layout(p) for p in pixels}
-    return (len(layouts) == 1 and None not in layouts
-            and 1 <= tokens.shape[1] <= MAX_TOKENS
+    return (1 <= tokens.shape[1] <= MAX_TOKENS
             and all(p.shape[-1] % CHANNEL_MULTIPLE == 0 for p in pixels))
 
 
@@ -134,9 +137,8 @@ def fused_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
     if q.shape[1] < k.shape[1]:  # tokenizers: a few queries over the pixels, v is k
         if v is not k or residual is not None or not _applies(tensors, [k], q):
             return None
-        return torch.ops.vtseg.tokens_over_pixels(q.contiguous(), k, scale)
+        return torch.ops.vtseg.tokens_over_pixels(q, k, scale)
     pixels = [q] if residual is None else [q, residual]
     if not _applies(tensors, pixels, k) or v.shape[-1] % CHANNEL_MULTIPLE:
         return None
-    return torch.ops.vtseg.pixels_over_tokens(q, k.contiguous(), v.contiguous(), residual,
-                                              scale)
+    return torch.ops.vtseg.pixels_over_tokens(q, k, v, residual, scale)
