@@ -14,6 +14,7 @@ from helpers import run_command
 
 from vtseg.analysis.benchmark import (
     CPU_ISA_ENV,
+    STAGES,
     BenchmarkSettings,
     best_forms,
     format_table,
@@ -24,6 +25,7 @@ from vtseg.analysis.benchmark import (
     run_benchmark,
     save_results,
     scaling_exponents,
+    stage_times,
 )
 from vtseg.models.layers.token_pixel_kernels import kernels_isa
 
@@ -109,11 +111,14 @@ def test_benchmark_end_to_end(tmp_path):
     forms = TINY['forms']
     torch_forms = [f for f in forms if f != 'onnxruntime']
     # Per batch: both necks in every form, then VT-FPN's lateral convs alone (its floor)
-    # in every PyTorch form.
+    # in every PyTorch form, then its stages timed in place in the optimised form.
     assert [(m['kind'], m['neck'], m['form'], m['batch']) for m in results['measurements']] \
         == [row for b in (1, 2) for row in
             [('inference', n, f, b) for n in ('FPN', 'VT-FPN') for f in forms]
-            + [('floor', 'VT-FPN', f, b) for f in torch_forms]]
+            + [('floor', 'VT-FPN', f, b) for f in torch_forms]
+            + [('stage', 'VT-FPN', 'optimized', b)] * (len(STAGES) + 1)]
+    stage_rows = [m for m in results['measurements'] if m['kind'] == 'stage']
+    assert [m['stage'] for m in stage_rows] == [*STAGES, 'total'] * 2
     rows = [m for m in results['measurements'] if m['kind'] == 'inference']
     floor_rows = [m for m in results['measurements'] if m['kind'] == 'floor']
     for m in rows:
@@ -133,6 +138,18 @@ def test_benchmark_end_to_end(tmp_path):
     assert all(m['macs'] == (fpn if m['neck'] == 'FPN' else vt)['macs'] for m in rows)
     assert all(m['macs'] == m['lateral_macs'] == vt['lateral_macs'] and len(m['times_s']) == 1
                for m in floor_rows)
+    # The stages' MACs add up to the neck's; the lateral convs' are the floor's (and their
+    # eval BatchNorms, which the optimisation step folds).
+    for b in (1, 2):
+        by_stage = {m['stage']: m for m in stage_rows if m['batch'] == b}
+        assert vt['lateral_macs'] < by_stage['lateral convs']['macs'] < 1.01 * vt['lateral_macs']
+        assert by_stage['total']['macs'] == vt['macs']
+        assert sum(by_stage[s]['macs'] for s in STAGES[:-1]) == pytest.approx(vt['macs'],
+                                                                            rel=1e-3)
+        assert all(by_stage[s]['macs'] > 0 for s in STAGES[:-1])
+        assert by_stage['other']['macs'] is None
+        assert sum(by_stage[s]['times_s'][0] for s in STAGES) == pytest.approx(
+            by_stage['total']['times_s'][0])
 
     best = best_forms(results)
     assert set(best) == {('inference', 'neck', (64, 64), 1), ('inference', 'neck', (64, 64), 2)}
@@ -160,6 +177,14 @@ def test_benchmark_end_to_end(tmp_path):
         assert (f'| 64x64 | {b} | {floor["macs"] / 1e9:.2f} | '
                 f'{floor["stats"]["median"] * 1e3:.1f} ({floor["form"]}) |') in table
         assert f'| {100 * floor["stats"]["median"] / vt_best:.0f}% |' in table
+    assert "Where VT-FPN's time goes" in table
+    for b in (1, 2):  # the stages row: median ms, and GMAC/s where a stage has MACs
+        by_stage = {m['stage']: m for m in stage_rows if m['batch'] == b}
+        lateral = by_stage['lateral convs']
+        rate = lateral['macs'] * b / lateral['stats']['median'] / 1e9
+        assert (f'| 64x64 | {b} | {lateral["stats"]["median"] * 1e3:.1f} ({rate:.0f}) | '
+                in table)
+        assert f' | {by_stage["other"]["stats"]["median"] * 1e3:.1f} | ' in table
     assert paths['plot'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert table.strip() == format_table(results)
 
@@ -292,7 +317,8 @@ def test_compiled_forms_are_timed_after_compiling():
     assert [(m['kind'], m['neck'], m['form']) for m in results['measurements']] == [
         ('inference', 'FPN', 'eager'), ('inference', 'FPN', 'optimized+compile'),
         ('inference', 'VT-FPN', 'eager'), ('inference', 'VT-FPN', 'optimized+compile'),
-        ('floor', 'VT-FPN', 'eager'), ('floor', 'VT-FPN', 'optimized+compile')]
+        ('floor', 'VT-FPN', 'eager'), ('floor', 'VT-FPN', 'optimized+compile')] \
+        + [('stage', 'VT-FPN', 'eager')] * (len(STAGES) + 1)  # compiled: no stages to hook
     # FPN, VT-FPN and VT-FPN's lateral convs (its floor), each compiled before timing
     assert sum('compiled in' in line for line in logs) == 3
 
@@ -342,3 +368,37 @@ def test_laterals_are_the_necks_lateral_convs_alone():
     assert all(lateral_macs[k] == neck_macs[k] > 0 for k in convs)
     assert lateral_macs['lateral_convs'] == neck_macs['lateral_convs']
     assert lateral_macs[''] == neck_macs['lateral_convs'] < neck_macs['']
+
+
+def test_stages_are_timed_in_place_without_changing_the_neck():
+    """The stage hooks find VT-FPN's laterals, tokenizers, transformer and projectors from
+    the model, only read the clock (same outputs, no hook left behind) and refuse FPN."""
+    from vtseg.analysis.benchmark.models import backbone_shapes
+    from vtseg.analysis.benchmark.stages import stage_modules
+    from vtseg.analysis.config_model import build_model_from_config
+
+    path = ROOT / 'configs' / 'vtfpn_r50_coco-stuff164k.py'
+    neck = build_model_from_config(path, part='neck')[0].eval()
+    inputs = [torch.randn(1, *s) for s in backbone_shapes(path, (64, 96))]
+    modules = stage_modules(neck)
+    assert list(modules) == list(STAGES[:-1])
+    assert modules['lateral convs'] == list(neck.lateral_convs)
+    assert modules['tokenizers'] == list(neck.tokenizers)
+    assert modules['transformer'] == [neck.transformer]
+    assert modules['projectors'] == list(neck.projectors)
+    with torch.no_grad():
+        before = neck(inputs)
+    times = stage_times(neck, inputs, warmup=1, repeats=3)
+    with torch.no_grad():
+        after = neck(inputs)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in neck.modules())
+    assert set(times) == {*STAGES, 'total'} and all(len(t) == 3 for t in times.values())
+    assert all(t > 0 for s in STAGES[:-1] for t in times[s])
+    for r in range(3):
+        assert sum(times[s][r] for s in STAGES) == pytest.approx(times['total'][r])
+    fpn = build_model_from_config(ROOT / 'configs' / 'fpn_r50_coco-stuff164k.py',
+                                  part='neck')[0]
+    with pytest.raises(TypeError, match='VT-FPN necks only'):
+        stage_modules(fpn)

@@ -13,6 +13,7 @@ import torch
 
 from ...models.layers.token_pixel_kernels import kernels_isa
 from .settings import CPU_ISA_ENV
+from .stages import STAGES
 
 __all__ = ['machine_info', 'load_average', 'paired_speedup', 'best_forms', 'format_table',
            'scaling_exponents', 'plot_latency', 'save_results']
@@ -69,6 +70,8 @@ def _groups(results: Dict[str, object]) -> Dict[Key, Dict[str, Dict[str, Dict]]]
     """Measurements keyed by (kind, mode, size, batch), then neck, then form."""
     table: Dict[Key, Dict[str, Dict[str, Dict]]] = {}
     for m in results['measurements']:
+        if m.get('kind') == 'stage':  # see _stages
+            continue
         key = (m.get('kind', 'inference'), m['mode'], tuple(m['size']), m['batch'])
         table.setdefault(key, {}).setdefault(m['neck'], {})[m.get('form', 'eager')] = m
     return table
@@ -101,6 +104,15 @@ def _floors(results: Dict[str, object], best: Dict[Key, Dict[str, object]]) -> D
         key = ('inference', mode, size, batch)
         if kind == 'floor' and key in best and necks.get('VT-FPN'):
             out[key] = min(necks['VT-FPN'].values(), key=lambda m: m['stats']['median'])
+    return out
+
+
+def _stages(results: Dict[str, object]) -> Dict[Tuple[Tuple[int, int], int], Dict[str, Dict]]:
+    """VT-FPN's stages timed in place (:mod:`.stages`), keyed by (size, batch), then stage."""
+    out: Dict[Tuple[Tuple[int, int], int], Dict[str, Dict]] = {}
+    for m in results['measurements']:
+        if m.get('kind') == 'stage':
+            out.setdefault((tuple(m['size']), m['batch']), {})[m['stage']] = m
     return out
 
 
@@ -148,6 +160,23 @@ def format_table(results: Dict[str, object]) -> str:
                          f'| {floor_s * 1e3:.1f} ({floor["form"]}) '
                          f'| {floor["macs"] * batch / floor_s / 1e9:.1f} '
                          f'| {vt_s * 1e3:.1f} | {100 * floor_s / vt_s:.0f}% |')
+    stages = _stages(results)
+    if stages:
+        form = next(iter(next(iter(stages.values())).values()))['form']
+        lines += ['', f"**Where VT-FPN's time goes**: its stages timed in place in the {form} "
+                  'form (forward hooks; other: what no stage covers), median ms, their '
+                  'GMAC/s in brackets:', '',
+                  '| input | batch | ' + ' | '.join(STAGES) + ' | total |',
+                  '|---|---|' + '---|' * (len(STAGES) + 1)]
+        for (size, batch), rows in stages.items():
+            cells = []
+            for stage in (*STAGES, 'total'):
+                m = rows[stage]
+                median = m['stats']['median']
+                rate = (f' ({m["macs"] * batch / median / 1e9:.0f})'
+                        if m.get('macs') and median > 0 else '')
+                cells.append(f'{median * 1e3:.1f}{rate}')
+            lines.append(f'| {size[0]}x{size[1]} | {batch} | ' + ' | '.join(cells) + ' |')
     lines += ['', '**Every form**:', '',
               f'| model | input | batch | form | FPN {unit} | VT-FPN {unit} | FPN / VT-FPN '
               '| FPN MiB | VT-FPN MiB | FPN GMAC/s | VT-FPN GMAC/s |',
@@ -234,7 +263,7 @@ def plot_latency(results: Dict[str, object], path: Path) -> Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    groups = {k: v for k, v in _groups(results).items() if k[0] != 'floor'}
+    groups = {k: v for k, v in _groups(results).items() if k[0] in ('inference', 'train')}
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(3.2 * max(len(groups), 1), 4),
                              squeeze=False)
     colours = {'FPN': 'tab:blue', 'VT-FPN': 'tab:red'}

@@ -20,11 +20,12 @@ import torch
 from ...engine.host_memory import reuse_host_memory
 from ..config_model import build_model_from_config
 from ..flops import flop_analyzer
-from .forms import FORMS, TRAIN_FORMS, make_runner
+from .forms import FORMS, TRAIN_FORMS, make_runner, to_channels_last
 from .memory import peak_memory, release_freed_memory
 from .models import Laterals, NeckOnImage, backbone_shapes, config_path
 from .report import load_average, machine_info
 from .settings import HOST_MEMORY, MODES, NECKS, BenchmarkSettings, default_dataset
+from .stages import stage_modules, stage_times
 from .timing import interleaved_times, matmul_rate
 from .train_step import make_train_step
 
@@ -35,7 +36,8 @@ __all__ = ['Measurement', 'run_benchmark']
 class Measurement:
     """One neck in one form and one configuration."""
 
-    kind: str                    # 'inference', 'train' or 'floor' (the lateral convs alone)
+    kind: str                    # 'inference', 'train', 'floor' (the lateral convs alone)
+    #                              or 'stage' (one stage of VT-FPN, timed in place)
     mode: str                    # 'neck', 'r50' or 'r101'
     neck: str                    # 'FPN' or 'VT-FPN'
     form: str                    # a key of FORMS (inference) or TRAIN_FORMS (train)
@@ -47,6 +49,7 @@ class Measurement:
     lateral_macs: Optional[int] = None  # per image, the neck's lateral 1x1 convs
     peak_memory_bytes: Optional[int] = None    # tensors (allocator peak)
     peak_rss_bytes: Optional[int] = None       # CPU resident set size
+    stage: Optional[str] = None  # kind 'stage': which (see .stages.STAGES), or 'total'
     stats: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,14 +108,15 @@ def _paths(settings: BenchmarkSettings, depth: int, size) -> Dict[str, Path]:
 
 
 def _costs(model: torch.nn.Module, size: Tuple[int, int], is_neck: bool,
-           shapes) -> Tuple[int, Optional[int]]:
-    """(MACs, MACs of the lateral 1x1 convolutions) of one image, on the model as built."""
+           shapes) -> Tuple[int, Optional[int], Dict[str, int]]:
+    """(MACs, MACs of the lateral 1x1 convolutions, MACs by module name) of one image, on
+    the model as built."""
     probe = NeckOnImage(model, shapes) if is_neck else model
     device = next(model.parameters()).device
     by_module = flop_analyzer(probe.eval(), torch.zeros(1, 3, *size, device=device)).by_module()
     lateral = sum(v for k, v in by_module.items()
                   if k.startswith('neck.lateral_convs.') and k.endswith('.conv'))
-    return int(by_module['neck' if is_neck else '']), int(lateral)
+    return int(by_module['neck' if is_neck else '']), int(lateral), dict(by_module)
 
 
 def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict[str, Path],
@@ -149,6 +153,8 @@ def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict
     if is_neck:
         out += _measure_floor(models['VT-FPN'], size, batch, paths['VT-FPN'], inputs,
                               costs['VT-FPN'][1], settings, log)
+        out += _measure_stages(models['VT-FPN'], size, batch, paths['VT-FPN'], inputs,
+                               costs['VT-FPN'][2], settings, log)
     del models, inputs, fns
     release_freed_memory()
     return out
@@ -171,6 +177,32 @@ def _measure_floor(neck: torch.nn.Module, size: Tuple[int, int], batch: int, pat
                           times[form], lateral_macs, lateral_macs)
         out.append(row)
         log(f'  laterals {form:<18} median {row.stats["median"] * 1e3:9.1f} ms')
+    return out
+
+
+def _measure_stages(neck: torch.nn.Module, size: Tuple[int, int], batch: int, path: Path,
+                    inputs, by_module: Dict[str, int], settings: BenchmarkSettings,
+                    log: Callable[[str], None]) -> List[Measurement]:
+    """Time VT-FPN's stages in place (:mod:`.stages`), in its optimised eager form (eager
+    where the run leaves that form out), with the MACs of each stage."""
+    torch_forms = [f for f in ('optimized', 'channels_last', 'eager') if f in settings.forms]
+    if not torch_forms:
+        return []
+    form = FORMS[torch_forms[0]]
+    prepared = form.prepare(neck).eval()
+    times = stage_times(prepared, to_channels_last(inputs) if form.channels_last else inputs,
+                        warmup=settings.warmup, repeats=settings.repeats,
+                        device=settings.device, clock=settings.clock)
+    names = {id(m): f'neck.{n}' for n, m in neck.named_modules()}
+    macs = {stage: sum(by_module.get(names[id(m)], 0) for m in modules)
+            for stage, modules in stage_modules(neck).items()}
+    macs['total'] = by_module.get('neck')
+    out = []
+    for stage, ts in times.items():
+        row = Measurement('stage', 'neck', 'VT-FPN', form.name, tuple(size), batch, str(path),
+                          ts, macs.get(stage), stage=stage)
+        out.append(row)
+        log(f'  VT-FPN stage {stage:<14} median {row.stats["median"] * 1e3:9.1f} ms')
     return out
 
 
