@@ -21,14 +21,14 @@ import os.path as osp
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ...deploy import optimize_for_inference
 
-__all__ = ['FORMS', 'TRAIN_FORMS', 'Form', 'make_runner', 'to_channels_last']
+__all__ = ['FORMS', 'TRAIN_FORMS', 'Form', 'prepare', 'make_runner', 'to_channels_last']
 
 Inputs = Union[Tensor, Sequence[Tensor]]
 
@@ -74,13 +74,18 @@ TRAIN_FORMS: Dict[str, Form] = {f.name: f for f in [
 ]}
 
 
+def prepare(form: Form, model: nn.Module, inputs: Inputs) -> Tuple[nn.Module, Inputs]:
+    """``model`` in ``form`` (eval mode) and ``inputs`` in the memory format it takes."""
+    return (form.prepare(model).eval(),
+            to_channels_last(inputs) if form.channels_last else inputs)
+
+
 def make_runner(form: Form, model: nn.Module, inputs: Inputs, *, is_neck: bool,
                 log: Callable[[str], None] = print, label: str = '') -> Callable[[], object]:
     """A callable running one inference of ``model`` in ``form`` (compiled already)."""
     if form.name == 'onnxruntime':
         return _ort_runner(model, inputs, is_neck=is_neck, log=log, label=label)
-    prepared = form.prepare(model).eval()
-    inputs = to_channels_last(inputs) if form.channels_last else inputs
+    prepared, inputs = prepare(form, model, inputs)
 
     def run():
         with torch.no_grad():

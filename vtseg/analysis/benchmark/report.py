@@ -162,7 +162,7 @@ def format_table(results: Dict[str, object]) -> str:
                          f'| {vt_s * 1e3:.1f} | {100 * floor_s / vt_s:.0f}% |')
     stages = _stages(results)
     if stages:
-        form = next(iter(next(iter(stages.values())).values()))['form']
+        form = next(iter(stages.values()))['total']['form']  # one form for every size
         lines += ['', f"**Where VT-FPN's time goes**: its stages timed in place in the {form} "
                   'form (forward hooks; other: what no stage covers), median ms, their '
                   'GMAC/s in brackets:', '',

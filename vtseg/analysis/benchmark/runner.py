@@ -20,7 +20,7 @@ import torch
 from ...engine.host_memory import reuse_host_memory
 from ..config_model import build_model_from_config
 from ..flops import flop_analyzer
-from .forms import FORMS, TRAIN_FORMS, make_runner, to_channels_last
+from .forms import FORMS, TRAIN_FORMS, make_runner, prepare
 from .memory import peak_memory, release_freed_memory
 from .models import Laterals, NeckOnImage, backbone_shapes, config_path
 from .report import load_average, machine_info
@@ -183,16 +183,15 @@ def _measure_floor(neck: torch.nn.Module, size: Tuple[int, int], batch: int, pat
 def _measure_stages(neck: torch.nn.Module, size: Tuple[int, int], batch: int, path: Path,
                     inputs, by_module: Dict[str, int], settings: BenchmarkSettings,
                     log: Callable[[str], None]) -> List[Measurement]:
-    """Time VT-FPN's stages in place (:mod:`.stages`), in its optimised eager form (eager
-    where the run leaves that form out), with the MACs of each stage."""
+    """Time VT-FPN's stages in place (:mod:`.stages`), in its optimised eager form
+    (channels_last, else eager, where the run leaves that form out), with the MACs of each
+    stage."""
     torch_forms = [f for f in ('optimized', 'channels_last', 'eager') if f in settings.forms]
     if not torch_forms:
         return []
     form = FORMS[torch_forms[0]]
-    prepared = form.prepare(neck).eval()
-    times = stage_times(prepared, to_channels_last(inputs) if form.channels_last else inputs,
-                        warmup=settings.warmup, repeats=settings.repeats,
-                        device=settings.device, clock=settings.clock)
+    times = stage_times(*prepare(form, neck, inputs), warmup=settings.warmup,
+                        repeats=settings.repeats, device=settings.device, clock=settings.clock)
     names = {id(m): f'neck.{n}' for n, m in neck.named_modules()}
     macs = {stage: sum(by_module.get(names[id(m)], 0) for m in modules)
             for stage, modules in stage_modules(neck).items()}
