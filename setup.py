@@ -1,10 +1,11 @@
 """Metadata lives in pyproject.toml; this file builds vtseg's one compiled extension.
 
 ``vtseg._C`` holds the fused CPU kernels of the attention between a few tokens and a
-map's pixels (``vtseg/csrc``). It is compiled against the installed PyTorch, so install
-with ``--no-build-isolation`` (as for mmcv's ops). It is optional: without PyTorch at build
-time, or when it fails to compile, vtseg installs without it and runs PyTorch's products
-in its place (``vtseg.models.layers.token_pixel_kernels.kernels_available()`` says which).
+map's pixels, and the few-rows linear kernel (``vtseg/csrc``). It is compiled against the
+installed PyTorch, so install with ``--no-build-isolation`` (as for mmcv's ops). It is
+optional: without PyTorch at build time, or when it fails to compile, vtseg installs
+without it and runs PyTorch's products in its place
+(``vtseg.models.layers.token_pixel_kernels.kernels_available()`` says which).
 """
 import os
 
@@ -19,8 +20,10 @@ def ext_modules():
               'fused CPU kernels (install with --no-build-isolation to build them)')
         return [], {}
     ext = CppExtension(
-        'vtseg._C', ['vtseg/csrc/token_pixel_attention.cpp'],
-        depends=['vtseg/csrc/token_pixel_kernels.h'],
+        'vtseg._C', ['vtseg/csrc/token_pixel_attention.cpp', 'vtseg/csrc/few_rows_linear.cpp'],
+        depends=[f'vtseg/csrc/{h}' for h in ('isa.h', 'per_isa.h', 'simd.h',
+                                             'token_pixel_kernels.h',
+                                             'few_rows_linear_kernels.h')],
         # -fopenmp: at::parallel_for's threads are PyTorch's OpenMP threads. -Wno-psabi: the
         # vector types never cross a function boundary of another instruction set.
         extra_compile_args=['-O3', '-fopenmp', '-Wno-psabi'], extra_link_args=['-fopenmp'],

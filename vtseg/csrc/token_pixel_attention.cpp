@@ -5,13 +5,13 @@
 // (vtseg/models/layers/token_pixel_kernels.py) decides when they apply; the other cases
 // run PyTorch's products (vtseg/models/layers/token_pixel_attention.py).
 //
-// Compiled once per instruction set (x86-64 with AVX-512, with AVX2 + FMA, and the
-// baseline: SSE2, or NEON elsewhere), each with vectors of its own width, and chosen at
-// run time as PyTorch's own CPU kernels are: the widest that both the CPU and PyTorch
-// use. The same build runs on any x86-64 CPU.
+// Compiled once per instruction set (per_isa.h: x86-64 with AVX-512, with AVX2 + FMA, and
+// the baseline: SSE2, or NEON elsewhere), each with vectors of its own width, and chosen
+// at run time (isa.h). The same build runs on any x86-64 CPU.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
+
+#include "isa.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -23,85 +23,18 @@
 namespace vtseg {
 namespace {
 
-constexpr float kMinNormal = FLT_MIN;
-constexpr float kLogMinNormal = -87.3365447505531f;  // log(FLT_MIN)
 constexpr int64_t kTile = 16;  // pixels of a channel-major map per unit of work
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VTSEG_X86_DISPATCH 1
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,bmi,bmi2,f16c")
-#define VTSEG_LANES 16
-namespace avx512 {
-#include "token_pixel_kernels.h"
-}  // namespace avx512
-#undef VTSEG_LANES
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi,bmi2,f16c")
-#define VTSEG_LANES 8
-namespace avx2 {
-#include "token_pixel_kernels.h"
-}  // namespace avx2
-#undef VTSEG_LANES
-#pragma GCC pop_options
-#endif
-#define VTSEG_LANES 4  // SSE2, NEON
-namespace base {
-#include "token_pixel_kernels.h"
-}  // namespace base
-#undef VTSEG_LANES
+#define VTSEG_KERNELS "token_pixel_kernels.h"
+#include "per_isa.h"
+#undef VTSEG_KERNELS
 
-enum class Isa { kBase, kAvx2, kAvx512 };
-
-// The widest instruction set both the CPU and PyTorch use: ATEN_CPU_CAPABILITY=avx2 (or
-// default), which caps PyTorch's own CPU kernels, caps these as well.
-Isa cpu_isa() {
-#ifdef VTSEG_X86_DISPATCH
-  static const Isa isa = [] {
-    __builtin_cpu_init();
-    const std::string torch_isa = at::get_cpu_capability();
-    const bool torch_avx512 = torch_isa.rfind("AVX512", 0) == 0;
-    const bool torch_avx2 = torch_avx512 || torch_isa.rfind("AVX2", 0) == 0;
-    if (torch_avx512 && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
-      return Isa::kAvx512;
-    if (torch_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return Isa::kAvx2;
-    return Isa::kBase;
-  }();
-  return isa;
-#else
-  return Isa::kBase;
-#endif
-}
-
-const char* isa_name() {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "base";
-  }
-}
-
-// fn<LMAX>(...) compiled for the instruction set cpu_isa() names.
-#ifdef VTSEG_X86_DISPATCH
-#define VTSEG_ISA(fn, LMAX, ...)                                        \
-  switch (cpu_isa()) {                                                 \
-    case Isa::kAvx512: avx512::fn<LMAX>(__VA_ARGS__); break;           \
-    case Isa::kAvx2: avx2::fn<LMAX>(__VA_ARGS__); break;               \
-    default: base::fn<LMAX>(__VA_ARGS__);                              \
-  }
-#else
-#define VTSEG_ISA(fn, LMAX, ...) base::fn<LMAX>(__VA_ARGS__);
-#endif
 // fn<8> or fn<16> (lmax: the tokens padded to 8 or 16), for that instruction set.
 #define VTSEG_DISPATCH(fn, lmax, ...)  \
   if ((lmax) == 8) {                   \
-    VTSEG_ISA(fn, 8, __VA_ARGS__)      \
+    VTSEG_ISA(fn<8>, __VA_ARGS__)      \
   } else {                             \
-    VTSEG_ISA(fn, 16, __VA_ARGS__)     \
+    VTSEG_ISA(fn<16>, __VA_ARGS__)     \
   }
 
 // The few tokens' rows, zero-padded to lmax rows, contiguous: (B, lmax, C).

@@ -9,7 +9,10 @@ are applied to a built model here, the same way to any mmseg model (FPN and VT-F
 2. **channels_last**: parameters and buffers in NHWC memory format, so convolutions run on
    oneDNN's (CPU) and cuDNN's (GPU) NHWC kernels and the VT blocks read pixel sequences
    without a copy; outputs of a channels_last input stay channels_last.
-3. **torch.compile** (optional): the model's forward compiled by TorchInductor.
+3. **Few-rows linear layers** (:mod:`vtseg.deploy.few_rows_linear`): ``nn.Linear``
+   layers applied to a few rows (a VT block's tokens) multiply them with ``vtseg._C``'s
+   kernel, which reads the weight once as it is stored (CPU float32).
+4. **torch.compile** (optional): the model's forward compiled by TorchInductor.
 
 The model must not be trained afterwards: folded BatchNorms do not update their
 statistics any more.
@@ -24,6 +27,8 @@ from mmcv.cnn import ConvModule
 from mmcv.cnn import fuse_conv_bn as mmcv_fuse_conv_bn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .few_rows_linear import use_few_rows_linear
 
 __all__ = ['optimize_for_inference', 'fold_conv_bn']
 
@@ -52,7 +57,8 @@ def fold_conv_bn(model: nn.Module) -> nn.Module:
 
 
 def optimize_for_inference(model: nn.Module, *, fuse_conv_bn: bool = True,
-                           channels_last: bool = True, compile: bool = False,
+                           channels_last: bool = True, few_rows_linear: bool = True,
+                           compile: bool = False,
                            compile_kwargs: Optional[Dict[str, Any]] = None,
                            inplace: bool = False) -> nn.Module:
     """Return ``model`` ready for fast inference (see the module docstring).
@@ -61,6 +67,7 @@ def optimize_for_inference(model: nn.Module, *, fuse_conv_bn: bool = True,
         model: any model (an mmseg segmentor, a neck, a backbone).
         fuse_conv_bn: fold eval-mode BatchNorms into the preceding convolutions.
         channels_last: convert parameters and buffers to channels_last.
+        few_rows_linear: make ``nn.Linear`` layers use the few-rows kernel where it applies.
         compile: wrap the result in :func:`torch.compile`.
         compile_kwargs: passed to :func:`torch.compile` (e.g. ``dict(mode='max-autotune')``).
         inplace: modify ``model`` itself instead of a copy.
@@ -77,6 +84,8 @@ def optimize_for_inference(model: nn.Module, *, fuse_conv_bn: bool = True,
         model = fold_conv_bn(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if few_rows_linear:
+        model = use_few_rows_linear(model)
     if compile:
         model = torch.compile(model, **(compile_kwargs or {}))
     return model

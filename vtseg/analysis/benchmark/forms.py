@@ -3,7 +3,7 @@
 * ``eager``: the model as built, NCHW inputs.
 * ``channels_last``: parameters and inputs in channels_last memory format.
 * ``optimized``: :func:`vtseg.deploy.optimize_for_inference` (conv-BN folding +
-  channels_last), channels_last inputs.
+  channels_last + few-rows linear layers), channels_last inputs.
 * ``compile``: :func:`torch.compile` of the model as built, NCHW inputs.
 * ``optimized+compile``: the optimisation step, then :func:`torch.compile`.
 * ``onnxruntime``: the model exported to ONNX (:func:`vtseg.deploy.export_onnx`, the

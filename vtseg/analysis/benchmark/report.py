@@ -232,8 +232,9 @@ def format_table(results: Dict[str, object]) -> str:
                  'timed in every round. Memory: peak extra memory of one inference, MiB, '
                  'tensors / resident set size. MACs per image (forward). Forms: eager = as '
                  'built (NCHW); channels_last = weights and inputs NHWC; optimized = '
-                 'vtseg.deploy.optimize_for_inference (conv-BN folding + channels_last); '
-                 'compile = torch.compile; training steps: forward + loss + backward + SGD.')
+                 'vtseg.deploy.optimize_for_inference (conv-BN folding + channels_last + '
+                 'few-rows linear layers); compile = torch.compile; training steps: forward + '
+                 'loss + backward + SGD.')
     return '\n'.join(lines)
 
 
