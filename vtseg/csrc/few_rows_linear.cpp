@@ -55,10 +55,12 @@ at::Tensor few_rows_linear(const at::Tensor& x, const at::Tensor& w_in,
   const float* wd = w.data_ptr<float>();
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yd = y.data_ptr<float>();
-  // Blocks of weight rows are split over the threads; each meets every pass of x while it
-  // is in cache. Every output is one thread's: any split gives the same numbers.
+  // Blocks of weight rows are split over the threads, at least PyTorch's grain of weights
+  // each; each block meets every pass of x while it is in cache. Every output is one
+  // thread's: any split gives the same numbers.
   const int64_t blocks = (N + kLinearBlock - 1) / kLinearBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t j0, int64_t j1) {
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (kLinearBlock * K));
+  at::parallel_for(0, blocks, grain, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t n0 = j * kLinearBlock, n1 = std::min(N, n0 + kLinearBlock);
       for (int64_t m0 = 0; m0 < M; m0 += kLinearRows) {
