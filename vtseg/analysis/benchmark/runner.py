@@ -110,12 +110,14 @@ def _paths(settings: BenchmarkSettings, depth: int, size) -> Dict[str, Path]:
 def _costs(model: torch.nn.Module, size: Tuple[int, int], is_neck: bool,
            shapes) -> Tuple[int, Optional[int], Dict[str, int]]:
     """(MACs, MACs of the lateral 1x1 convolutions, MACs by module name) of one image, on
-    the model as built."""
+    the model as built; the lateral convolutions are the neck's own ``lateral_convs``."""
     probe = NeckOnImage(model, shapes) if is_neck else model
     device = next(model.parameters()).device
     by_module = flop_analyzer(probe.eval(), torch.zeros(1, 3, *size, device=device)).by_module()
-    lateral = sum(v for k, v in by_module.items()
-                  if k.startswith('neck.lateral_convs.') and k.endswith('.conv'))
+    names = {id(m): n for n, m in probe.named_modules()}
+    neck = model if is_neck else getattr(model, 'neck', None)
+    convs = [getattr(m, 'conv', m) for m in getattr(neck, 'lateral_convs', ())]
+    lateral = sum(by_module.get(names[id(c)], 0) for c in convs)
     return int(by_module['neck' if is_neck else '']), int(lateral), dict(by_module)
 
 
