@@ -22,7 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.layers.token_pixel_kernels import CHANNEL_MULTIPLE, kernels_available
+from ..models.layers.token_pixel_kernels import (
+    CHANNEL_MULTIPLE,
+    kernels_available,
+    kernels_run_on,
+)
 
 __all__ = ['FewRowsLinear', 'MAX_ROWS', 'use_few_rows_linear']
 
@@ -37,16 +41,12 @@ if kernels_available():
 
 
 def _applies(layer: nn.Linear, x: Tensor) -> bool:
-    if not kernels_available() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
+    if not kernels_run_on([x, *params]):  # first: no shape is read while tracing
         return False
     if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
         return False  # the kernel has no backward
-    params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
-    if any(t.device.type != 'cpu' or t.dtype != torch.float32 for t in [x, *params]):
-        return False
-    if torch.is_autocast_enabled('cpu'):  # nn.Linear runs in the autocast dtype there
-        return False
-    return x.dim() >= 1 and layer.in_features % CHANNEL_MULTIPLE == 0 \
+    return layer.in_features % CHANNEL_MULTIPLE == 0 \
         and 0 < x.numel() <= MAX_ROWS * layer.in_features
 
 

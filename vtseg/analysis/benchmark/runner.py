@@ -185,8 +185,8 @@ def _measure_floor(neck: torch.nn.Module, size: Tuple[int, int], batch: int, pat
 def _measure_stages(neck: torch.nn.Module, size: Tuple[int, int], batch: int, path: Path,
                     inputs, by_module: Dict[str, int], settings: BenchmarkSettings,
                     log: Callable[[str], None]) -> List[Measurement]:
-    """Time VT-FPN's stages in place (:mod:`.stages`), in its optimised eager form
-    (channels_last, else eager, where the run leaves that form out), with the MACs of each
+    """Time VT-FPN's stages in place (:mod:`.stages`) in its fastest eager form the run
+    has (``optimized``, else ``channels_last``, else ``eager``), with the MACs of each
     stage."""
     torch_forms = [f for f in ('optimized', 'channels_last', 'eager') if f in settings.forms]
     if not torch_forms:

@@ -34,12 +34,13 @@ are those of the plain products.
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ['kernels_available', 'kernels_error', 'kernels_isa', 'fused_forward']
+__all__ = ['kernels_available', 'kernels_error', 'kernels_isa', 'kernels_run_on',
+           'fused_forward']
 
 try:
     from ... import _C  # noqa: F401  (registers torch.ops.vtseg)
@@ -114,14 +115,21 @@ def _usable(device: torch.device) -> bool:
     return not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
 
 
-def _applies(tensors, pixels, tokens) -> bool:
-    """CPU float32 outside autocast, at most MAX_TOKENS tokens, channels a multiple of
-    CHANNEL_MULTIPLE. Any strides do: the ops read rows and channel rows as they are and
-    copy other layouts into rows."""
+def kernels_run_on(tensors: Sequence[Tensor]) -> bool:
+    """Whether ``vtseg._C``'s kernels may take these tensors: the extension is loaded, no
+    trace (FLOP counting, ONNX export) is recording, and all are CPU float32 outside
+    autocast (products run in the autocast dtype there). Says once when the extension is
+    missing where it would run."""
+    if not _usable(tensors[0].device):
+        return False
     if any(t.device.type != 'cpu' or t.dtype != torch.float32 for t in tensors):
         return False
-    if torch.is_autocast_enabled('cpu'):  # products run in the autocast dtype elsewhere
-        return False
+    return not torch.is_autocast_enabled('cpu')
+
+
+def _fits(pixels, tokens) -> bool:
+    """At most MAX_TOKENS tokens, channels a multiple of CHANNEL_MULTIPLE. Any strides do:
+    the ops read rows and channel rows as they are and copy other layouts into rows."""
     return (1 <= tokens.shape[1] <= MAX_TOKENS
             and all(p.shape[-1] % CHANNEL_MULTIPLE == 0 for p in pixels))
 
@@ -131,14 +139,13 @@ def fused_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
     """``residual + softmax(q k^T scale) v`` by ``vtseg._C`` for (B, n, c) tensors (one
     side a few tokens, the other a map's pixels), or ``None`` where the kernels do not
     apply. Call it without gradients: the kernels have no backward."""
-    if not _usable(q.device):
+    if not kernels_run_on([t for t in (q, k, v, residual) if t is not None]):
         return None
-    tensors = [t for t in (q, k, v, residual) if t is not None]
     if q.shape[1] < k.shape[1]:  # tokenizers: a few queries over the pixels, v is k
-        if v is not k or residual is not None or not _applies(tensors, [k], q):
+        if v is not k or residual is not None or not _fits([k], q):
             return None
         return torch.ops.vtseg.tokens_over_pixels(q, k, scale)
     pixels = [q] if residual is None else [q, residual]
-    if not _applies(tensors, pixels, k) or v.shape[-1] % CHANNEL_MULTIPLE:
+    if not _fits(pixels, k) or v.shape[-1] % CHANNEL_MULTIPLE:
         return None
     return torch.ops.vtseg.pixels_over_tokens(q, k, v, residual, scale)
