@@ -17,6 +17,7 @@ from vtseg.analysis.benchmark import (
     STAGES,
     BenchmarkSettings,
     best_forms,
+    floor_fractions,
     format_table,
     interleaved_times,
     paired_speedup,
@@ -110,8 +111,9 @@ def test_benchmark_end_to_end(tmp_path):
     assert results['matmul_gmacs']['peak'] > 0
     forms = TINY['forms']
     torch_forms = [f for f in forms if f != 'onnxruntime']
-    # Per batch: both necks in every form, then VT-FPN's lateral convs alone (its floor)
-    # in every PyTorch form, then its stages timed in place in the optimised form.
+    # Per batch: both necks in every form, then VT-FPN's lateral convs alone (its floor,
+    # timed in the same rounds) in every PyTorch form, then its stages timed in place in
+    # the optimised form.
     assert [(m['kind'], m['neck'], m['form'], m['batch']) for m in results['measurements']] \
         == [row for b in (1, 2) for row in
             [('inference', n, f, b) for n in ('FPN', 'VT-FPN') for f in forms]
@@ -170,13 +172,17 @@ def test_benchmark_end_to_end(tmp_path):
     # which instruction set each side's kernels ran with: PyTorch's and vtseg's
     assert (f'PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}, vtseg '
             f'kernels {kernels_isa()}') in table
+    fractions = floor_fractions(results)
     for b in (1, 2):  # the floor row: the fastest lateral form against VT-FPN's best
         floor = min((m for m in floor_rows if m['batch'] == b),
                     key=lambda m: m['stats']['median'])
-        vt_best = best[('inference', 'neck', (64, 64), b)]['vt']['stats']['median']
+        vt_best = best[('inference', 'neck', (64, 64), b)]['vt']
+        fraction = fractions[('inference', 'neck', (64, 64), b)]
+        assert fraction['floor'] is floor and fraction['vt'] is vt_best
+        assert fraction['fraction'] == pytest.approx(floor['times_s'][0] / vt_best['times_s'][0])
         assert (f'| 64x64 | {b} | {floor["macs"] / 1e9:.2f} | '
                 f'{floor["stats"]["median"] * 1e3:.1f} ({floor["form"]}) |') in table
-        assert f'| {100 * floor["stats"]["median"] / vt_best:.0f}% |' in table
+        assert f'| {100 * fraction["fraction"]:.0f}%' in table
     assert "Where VT-FPN's time goes" in table
     for b in (1, 2):  # the stages row: median ms, and GMAC/s where a stage has MACs
         by_stage = {m['stage']: m for m in stage_rows if m['batch'] == b}
@@ -296,6 +302,26 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
         assert 'no CUDA device' in capsys.readouterr().err
 
 
+def test_floor_fraction_is_paired_and_flags_a_disturbed_floor():
+    """The fraction of the floor's speed is the median over rounds of floor / VT-FPN, each
+    pair timed in one round; a floor slower than the neck that contains it is a disturbed
+    run, and the table says so instead of printing a fraction above 100% silently."""
+    results = run_benchmark(BenchmarkSettings(**{**TINY, 'forms': ['eager'], 'repeats': 3,
+                                                 'throughput_sizes': [], 'memory': False}),
+                            log=lambda _: None)
+    key = ('inference', 'neck', (64, 64), 1)
+    vt = best_forms(results)[key]['vt']
+    floor = next(m for m in results['measurements'] if m['kind'] == 'floor')
+    floor['times_s'] = [t * f for t, f in zip(vt['times_s'], (0.5, 0.7, 0.6))]
+    floor['stats']['median'] = sorted(floor['times_s'])[1]
+    assert floor_fractions(results)[key]['fraction'] == pytest.approx(0.6)
+    assert '| 60% |' in format_table(results)
+    floor['times_s'] = [t * 1.9 for t in vt['times_s']]  # e.g. a thread descheduled
+    floor['stats']['median'] = sorted(floor['times_s'])[1]
+    table = format_table(results)
+    assert "| 190% (above 100%: the floor's times were disturbed; run again) |" in table
+
+
 def test_cli_redraws_from_json(tmp_path, capsys):
     results = run_benchmark(BenchmarkSettings(**{**TINY, 'memory': False}), log=lambda _: None)
     saved = tmp_path / 'saved.json'
@@ -338,9 +364,10 @@ def test_rounds_run_the_two_necks_next_to_each_other(monkeypatch):
     run_benchmark(BenchmarkSettings(**{**TINY, 'forms': ['eager', 'channels_last'],
                                        'throughput_sizes': [], 'memory': False}),
                   log=lambda _: None)
-    assert orders == [[('FPN', 'eager'), ('VT-FPN', 'eager'), ('FPN', 'channels_last'),
-                       ('VT-FPN', 'channels_last')],
-                      ['eager', 'channels_last']]  # then VT-FPN's lateral convs alone
+    # VT-FPN's lateral convs alone (its floor) run in the same rounds, after the necks
+    assert orders == [[('FPN', 'eager'), ('VT-FPN', 'eager'), ('VT-FPN laterals', 'eager'),
+                       ('FPN', 'channels_last'), ('VT-FPN', 'channels_last'),
+                       ('VT-FPN laterals', 'channels_last')]]
 
 
 def test_laterals_are_the_necks_lateral_convs_alone():

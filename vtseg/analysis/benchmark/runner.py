@@ -5,7 +5,8 @@ is timed for both necks and all their forms in the same process, with the repeat
 interleaved (each round runs every (neck, form) once, form by form with the two necks
 next to each other, the order reversed every other round) so that load from other
 processes hits all of them alike: on a shared machine the absolute times are noisy, the
-ratios are what the benchmark is for.
+ratios are what the benchmark is for. VT-FPN's floor, its lateral convs alone, is timed in
+the same rounds, next to the necks.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from .timing import interleaved_times, matmul_rate
 from .train_step import make_train_step
 
 __all__ = ['Measurement', 'run_benchmark']
+
+#: The name VT-FPN's lateral convs alone (its floor) are timed under, next to the necks.
+FLOOR = 'VT-FPN laterals'
 
 
 @dataclass
@@ -140,10 +144,23 @@ def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict
         for form in settings.forms:
             fns[name, form] = make_runner(FORMS[form], model, inputs, is_neck=is_neck,
                                           log=log, label=f'{name} ')
+    if is_neck:  # VT-FPN's floor, timed in the same rounds as the necks
+        laterals = Laterals(models['VT-FPN'])
+        for form in settings.forms:
+            if FORMS[form].prepare is not None:  # PyTorch forms
+                fns[FLOOR, form] = make_runner(FORMS[form], laterals, inputs, is_neck=True,
+                                               log=log, label='laterals ')
     times = interleaved_times(_side_by_side(fns), warmup=settings.warmup,
                               repeats=settings.repeats, device=device, clock=settings.clock)
     out = []
     for (name, form), fn in fns.items():
+        if name == FLOOR:
+            row = Measurement('floor', mode, 'VT-FPN', form, tuple(size), batch,
+                              str(paths['VT-FPN']), times[name, form], costs['VT-FPN'][1],
+                              costs['VT-FPN'][1])
+            out.append(row)
+            log(f'  laterals {form:<18} median {row.stats["median"] * 1e3:9.1f} ms')
+            continue
         mem = peak_memory(fn, device) if settings.memory else {}
         if form == 'onnxruntime':  # outside PyTorch's allocator: resident memory only
             mem['tensors'] = None
@@ -153,32 +170,10 @@ def _measure_inference(mode: str, size: Tuple[int, int], batch: int, paths: Dict
         out.append(row)
         _log_row(log, row, mem)
     if is_neck:
-        out += _measure_floor(models['VT-FPN'], size, batch, paths['VT-FPN'], inputs,
-                              costs['VT-FPN'][1], settings, log)
         out += _measure_stages(models['VT-FPN'], size, batch, paths['VT-FPN'], inputs,
                                costs['VT-FPN'][2], settings, log)
     del models, inputs, fns
     release_freed_memory()
-    return out
-
-
-def _measure_floor(neck: torch.nn.Module, size: Tuple[int, int], batch: int, path: Path,
-                   inputs, lateral_macs: Optional[int], settings: BenchmarkSettings,
-                   log: Callable[[str], None]) -> List[Measurement]:
-    """Time VT-FPN's lateral convs alone (:class:`~.models.Laterals`) in every PyTorch
-    form: its floor, measured on this machine with the kernels the neck itself runs."""
-    laterals = Laterals(neck)
-    fns = {form: make_runner(FORMS[form], laterals, inputs, is_neck=True, log=log,
-                             label='laterals ')
-           for form in settings.forms if FORMS[form].prepare is not None}
-    times = interleaved_times(fns, warmup=settings.warmup, repeats=settings.repeats,
-                              device=settings.device, clock=settings.clock)
-    out = []
-    for form in fns:
-        row = Measurement('floor', 'neck', 'VT-FPN', form, tuple(size), batch, str(path),
-                          times[form], lateral_macs, lateral_macs)
-        out.append(row)
-        log(f'  laterals {form:<18} median {row.stats["median"] * 1e3:9.1f} ms')
     return out
 
 
@@ -238,10 +233,11 @@ def _measure_training(mode: str, size: Tuple[int, int], batch: int, paths: Dict[
 
 def _side_by_side(fns: Dict[Tuple[str, str], Callable]) -> Dict[Tuple[str, str], Callable]:
     """The (neck, form) callables in the order a round runs them: form by form, both
-    necks next to each other (FPN eager, VT-FPN eager, FPN channels_last, ...), so that the
-    times a ratio is taken of were measured seconds apart, not a whole half-round."""
+    necks next to each other, then VT-FPN's lateral convs alone (FPN eager, VT-FPN eager,
+    laterals eager, FPN channels_last, ...), so that the times a ratio is taken of were
+    measured seconds apart, not a whole half-round."""
     forms = list(dict.fromkeys(form for _, form in fns))
-    return {(name, form): fns[name, form] for form in forms for name in NECKS
+    return {(name, form): fns[name, form] for form in forms for name in (*NECKS, FLOOR)
             if (name, form) in fns}
 
 
