@@ -32,6 +32,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -120,7 +121,9 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the parsed ``args``; ``argv``, the arguments they were parsed from, starts the
+    tool anew where ``--cpu-isa`` must be set before the libraries load."""
     if args.from_json:
         path = Path(args.from_json)
         try:
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             settings.check(environment=False)
             env = dict(os.environ, **CPU_ISA_ENV[args.cpu_isa])
             sys.stdout.flush()
-            os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *args.argv],
+            os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv],
                       env)
         settings.check()
     except ValueError as e:
@@ -167,11 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-
-    def run_with_argv(args: argparse.Namespace) -> int:
-        args.argv = argv  # to start anew with the same arguments (--cpu-isa)
-        return run(args)
-    return build_parser().run(run_with_argv, argv)
+    return build_parser().run(lambda args: run(args, argv), argv)
 
 
 if __name__ == '__main__':
