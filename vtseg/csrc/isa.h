@@ -8,7 +8,7 @@
 
 #include <string>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__)  // GCC, or clang (which defines __GNUC__)
 #define VTSEG_X86_DISPATCH 1
 #endif
 

@@ -33,7 +33,8 @@ def test_the_narrower_instruction_sets_equal_the_products(capability, isa):
     """The variants a CPU without AVX-512 (or AVX2) runs, chosen here by capping PyTorch's
     instruction set as such a CPU would, pass this file's equality tests."""
     if _ISAS.index(isa) > _ISAS.index(kernels_isa()):
-        pytest.skip(f'this CPU does not run the {isa} variant')
+        pytest.skip(f'vtseg._C runs its {kernels_isa()} variant here: this CPU (or the '
+                    f'PyTorch it runs with) does not run the {isa} one')
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
     probe = subprocess.run(
         [sys.executable, '-c', 'from vtseg.models.layers.token_pixel_kernels import '
