@@ -243,6 +243,85 @@ at::Tensor pixels_over_tokens(const at::Tensor& x_in, const at::Tensor& k, const
   return out;
 }
 
+// add + a b: a (B, N, K) over a map's pixels with K <= 16, b (B, K, C), add (B, N, C) or
+// None -> (B, N, C), stored one pixel per row, or one channel per row when channels_major.
+at::Tensor pixel_product(const at::Tensor& a_in, const at::Tensor& b_in,
+                         const c10::optional<at::Tensor>& add_in, bool channels_major) {
+  TORCH_CHECK(a_in.device().is_cpu() && b_in.device().is_cpu(),
+              "pixel_product: CPU tensors expected");
+  TORCH_CHECK(a_in.scalar_type() == at::kFloat && b_in.scalar_type() == at::kFloat,
+              "pixel_product: float32 tensors expected");
+  TORCH_CHECK(a_in.dim() == 3 && b_in.dim() == 3 && a_in.size(0) == b_in.size(0) &&
+                  a_in.size(2) == b_in.size(1),
+              "pixel_product: a (B, N, K) and b (B, K, C) expected");
+  const int64_t B = a_in.size(0), N = a_in.size(1), K = a_in.size(2), C = b_in.size(2);
+  TORCH_CHECK(K >= 1 && K <= 16, "pixel_product: 1 to 16 inner terms expected");
+  TORCH_CHECK(C % 16 == 0, "pixel_product: C must be a multiple of 16");
+  const Layout like{!channels_major, 0};
+  at::Tensor add;
+  if (add_in.has_value()) {
+    TORCH_CHECK(add_in->scalar_type() == at::kFloat && add_in->dim() == 3 &&
+                    add_in->size(0) == B && add_in->size(1) == N && add_in->size(2) == C,
+                "pixel_product: add must be (B, N, C) float32");
+    add = stored_as(*add_in, like);
+  }
+  const int64_t kmax = K <= 8 ? 8 : 16;
+  auto out = channels_major ? at::empty({B, C, N}, a_in.options()).transpose(1, 2)
+                            : at::empty({B, N, C}, a_in.options());
+  if (N == 0) return out;
+  float* od = out.data_ptr<float>();
+  const float* dd = add.defined() ? add.data_ptr<float>() : nullptr;
+  const int64_t db = add.defined() ? add.stride(0) : 0;
+  if (!channels_major) {
+    const at::Tensor b = padded_rows(b_in, kmax);  // (B, kmax, C)
+    const float* ad = a_in.data_ptr<float>();
+    const float* bd = b.data_ptr<float>();
+    const int64_t as0 = a_in.stride(0), as1 = a_in.stride(1), as2 = a_in.stride(2);
+    constexpr int64_t kRowsPerTask = 64;
+    const int64_t tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
+    at::parallel_for(0, B * tasks, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t bi = i / tasks, n0 = i % tasks * kRowsPerTask;
+        const int64_t n1 = std::min(N, n0 + kRowsPerTask);
+        VTSEG_DISPATCH(pixel_product_rows, kmax, ad + bi * as0, as1, as2, bd + bi * kmax * C,
+                       dd ? dd + bi * db : nullptr, od + bi * N * C, n0, n1, K, C)
+      }
+    });
+    return out;
+  }
+  // Channel rows: a read as K rows along the pixels, b as C rows of kmax terms.
+  at::Tensor at_ = a_in.transpose(1, 2);  // (B, K, N)
+  if (at_.stride(2) != 1) at_ = at_.contiguous();
+  auto bt = at::zeros({B, C, kmax}, b_in.options());
+  bt.narrow(2, 0, K).copy_(b_in.transpose(1, 2));
+  const float* atd = at_.data_ptr<float>();
+  const float* btd = bt.data_ptr<float>();
+  const int64_t atb = at_.stride(0), ak = at_.stride(1);
+  const int64_t adds = dd ? add.stride(2) : 0;
+  const int64_t tiles = (N + kTile - 1) / kTile;
+  at::parallel_for(0, B * tiles, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t bi = i / tiles, t0 = i % tiles, t1 = std::min(tiles, t0 + (i1 - i));
+      const int64_t n0 = t0 * kTile, n1 = std::min(N, t1 * kTile);
+      const int64_t whole = n0 + (n1 - n0) / kTile * kTile;
+      const float* a = atd + bi * atb;
+      const float* b = btd + bi * C * kmax;
+      const float* d = dd ? dd + bi * db : nullptr;
+      float* o = od + bi * C * N;
+      VTSEG_DISPATCH(pixel_product_cm, kmax, a, ak, b, d, adds, o, N, n0, whole, K, C)
+      for (int64_t c = 0; c < C; ++c) {  // the last pixels, short of a tile
+        for (int64_t n = whole; n < n1; ++n) {
+          float acc = d ? d[c * adds + n] : 0.f;
+          for (int64_t k = 0; k < K; ++k) acc += b[c * kmax + k] * a[k * ak + n];
+          o[c * N + n] = acc;
+        }
+      }
+      i += t1 - t0;
+    }
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace vtseg
 
@@ -256,11 +335,14 @@ TORCH_LIBRARY(vtseg, m) {
   m.def("pixels_over_tokens(Tensor x, Tensor k, Tensor v, Tensor? residual, float scale) "
         "-> Tensor",
         {at::Tag::flexible_layout, at::Tag::pt2_compliant_tag});
+  m.def("pixel_product(Tensor a, Tensor b, Tensor? add, bool channels_major) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(vtseg, CPU, m) {
   m.impl("tokens_over_pixels", &vtseg::tokens_over_pixels);
   m.impl("pixels_over_tokens", &vtseg::pixels_over_tokens);
+  m.impl("pixel_product", &vtseg::pixel_product);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -245,3 +245,44 @@ static void tokens_over_pixels_part_cm(const float* x, int64_t xs, const float* 
   }
 }
 
+
+// ---- A product with a few inner terms, written over a map's pixels (the GEMMs of the
+// VT blocks' training, whose inner dimension is the L tokens or 2 L) ----
+
+// Rows: out[n] = add[n] + sum_k a[n, k] b[k] for pixels n0..n1, a[n, k] at a[n * as1 + k *
+// as2], b KMAX rows of C floats (rows >= K are zero), add and out rows of C floats.
+template <int KMAX>
+static void pixel_product_rows(const float* a, int64_t as1, int64_t as2, const float* b,
+                               const float* add, float* out, int64_t n0, int64_t n1,
+                               int64_t K, int64_t C) {
+  for (int64_t n = n0; n < n1; ++n) {
+    float an[KMAX] = {};
+    for (int64_t k = 0; k < K; ++k) an[k] = a[n * as1 + k * as2];
+    const float* rn = add ? add + n * C : nullptr;
+    float* on = out + n * C;
+    for (int64_t c = 0; c < C; c += kLanes) {
+      vf o = rn ? load(rn + c) : vf{};
+      for (int k = 0; k < KMAX; ++k) o += an[k] * load(b + k * C + c);
+      store(on + c, o);
+    }
+  }
+}
+
+// Channel rows: out[c, n] = add[c, n] + sum_k bt[c, k] at[k, n] for pixels n0..n1 (whole
+// vectors), at K rows (stride ak) along the pixels, bt C rows of KMAX floats (k >= K zero),
+// add and out channel rows (strides adds, os).
+template <int KMAX>
+static void pixel_product_cm(const float* at, int64_t ak, const float* bt, const float* add,
+                             int64_t adds, float* out, int64_t os, int64_t n0, int64_t n1,
+                             int64_t K, int64_t C) {
+  for (int64_t p = n0; p + kLanes <= n1; p += kLanes) {
+    vf av[KMAX];
+    for (int k = 0; k < KMAX; ++k) av[k] = k < K ? load(at + k * ak + p) : vf{};
+    for (int64_t c = 0; c < C; ++c) {
+      vf o = add ? load(add + c * adds + p) : vf{};
+      const float* bc = bt + c * KMAX;
+      for (int k = 0; k < KMAX; ++k) o += bc[k] * av[k];
+      store(out + c * os + p, o);
+    }
+  }
+}

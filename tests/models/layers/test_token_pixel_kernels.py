@@ -15,6 +15,7 @@ from vtseg.models.layers.token_pixel_kernels import (
     kernels_available,
     kernels_error,
     kernels_isa,
+    pixel_product,
 )
 
 
@@ -42,7 +43,8 @@ def test_the_narrower_instruction_sets_equal_the_products(capability, isa):
     assert probe.stdout.strip() == isa, probe.stderr
     run = subprocess.run(
         [sys.executable, '-m', 'pytest', __file__, '-q', '-p', 'no:cacheprovider',
-         '-k', 'equals_the_products or sharp_attention or number_of_threads'],
+         '-k', 'equals_the_products or sharp_attention or number_of_threads or '
+         'training_products'],
         env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert ' passed' in run.stdout and ' skipped' not in run.stdout, run.stdout[-500:]
@@ -140,7 +142,8 @@ def test_results_do_not_depend_on_the_number_of_threads(layout):
     try:
         for n in (1, max(2, threads)):
             torch.set_num_threads(n)
-            outs.append((fused_forward(t, x, x, 1.0, None), fused_forward(x, t, t, 1.0, x)))
+            outs.append((fused_forward(t, x, x, 1.0, None), fused_forward(x, t, t, 1.0, x),
+                         pixel_product(x[..., :8], t, x, channels_major=layout == 'channels')))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*outs):
@@ -159,6 +162,17 @@ def test_where_the_kernels_do_not_apply():
     assert fused_forward(t, x, x.clone(), 1.0, None) is None  # values apart from keys
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert fused_forward(t, x, x, 1.0, None) is None
+    a = torch.randn(1, 50, 8, generator=g)
+    assert pixel_product(a, t, x, channels_major=False) is not None
+    assert pixel_product(a.double(), t.double(), None, channels_major=False) is None
+    assert pixel_product(a, t12, None, channels_major=False) is None  # C not a multiple of 16
+    assert pixel_product(torch.randn(1, 50, 17), t17, None, channels_major=False) is None
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert pixel_product(a, t, None, channels_major=False) is None
+    # no backward: a product autograd must differentiate (double backward) runs bmm
+    assert pixel_product(a.requires_grad_(), t, None, channels_major=False) is None
+    with torch.no_grad():
+        assert pixel_product(a, t, None, channels_major=False) is not None
 
 
 def test_the_ops_check_their_arguments():
@@ -173,6 +187,16 @@ def test_the_ops_check_their_arguments():
     with pytest.raises(RuntimeError, match='residual must be'):
         x = torch.randn(1, 50, 32)
         torch.ops.vtseg.pixels_over_tokens(x, t, t, x[:, :49], 1.0)
+    a = torch.randn(1, 50, 8)
+    with pytest.raises(RuntimeError, match='1 to 16 inner terms'):
+        torch.ops.vtseg.pixel_product(torch.randn(1, 50, 17), torch.randn(1, 17, 32), None,
+                                      False)
+    with pytest.raises(RuntimeError, match='C must be a multiple of 16'):
+        torch.ops.vtseg.pixel_product(a, torch.randn(1, 8, 24), None, False)
+    with pytest.raises(RuntimeError, match=r'a \(B, N, K\) and b \(B, K, C\)'):
+        torch.ops.vtseg.pixel_product(a, torch.randn(1, 7, 32), None, False)
+    with pytest.raises(RuntimeError, match='add must be'):
+        torch.ops.vtseg.pixel_product(a, t, torch.randn(1, 49, 32), False)
 
 
 def test_pixels_in_other_strides_run_the_kernels():
@@ -230,6 +254,67 @@ def test_training_and_tracing_run_pytorchs_products(monkeypatch):
     assert 'vtseg::' not in str(graph) and 'aten::bmm' in str(graph)
 
 
+def _bmm_product(a, b, add):
+    out = torch.bmm(a.double(), b.double())
+    return out if add is None else out + add.double()
+
+
+# N: one pixel, one tile (16) and a partial one, several row blocks (64) and a last tile.
+@LAYOUTS
+@pytest.mark.parametrize('n', [1, 17, 300])
+@pytest.mark.parametrize('terms', [1, 3, 8, 9, 16])
+@pytest.mark.parametrize('add', [True, False])
+def test_pixel_product_equals_the_products(n, terms, add, layout):
+    """The training products over the pixels with a few inner terms: ``add + a b`` written
+    in the layout asked for, with ``a`` as the blocks pass it (a transposed view of the
+    weights over channel rows, rows otherwise) or stored the other way (copied)."""
+    g = torch.Generator().manual_seed(n * 31 + terms)
+    cm = layout == 'channels'
+    b = torch.randn(2, terms, 48, generator=g)
+    d = _rows(2, n, 48, g, layout) if add else None
+    for a in (_rows(2, n, terms, g, layout), _rows(2, n, terms, g, 'rows' if cm else
+                                                   'channels')):
+        out = pixel_product(a, b, d, channels_major=cm)
+        assert out is not None and out.stride() == _rows(2, n, 48, g, layout).stride()
+        torch.testing.assert_close(out.double(), _bmm_product(a, b, d), rtol=1e-5, atol=1e-5)
+    if add:  # an add stored otherwise than the output is copied into its layout
+        other = _rows(2, n, 48, g, 'rows' if cm else 'channels')
+        out = pixel_product(a, b, other, channels_major=cm)
+        torch.testing.assert_close(out.double(), _bmm_product(a, b, other), rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
+                         ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('block', ['tokenizer', 'projector'])
+def test_training_products_equal_pytorchs(block, memory_format, monkeypatch):
+    """A training step of a block (forward and backward) gives the same output and
+    gradients with the kernel as with PyTorch's products, and runs the kernel."""
+    from vtseg.models.layers import token_pixel_attention as tpa
+    ran = []  # what the kernel returned
+    monkeypatch.setattr(tpa, 'pixel_product',
+                        lambda *a, **kw: ran.append(pixel_product(*a, **kw)) or ran[-1])
+    torch.manual_seed(0)
+    m = FilterTokenizer(32, 8, 48) if block == 'tokenizer' else Projector(32, 48)
+    x = torch.randn(2, 32, 19, 23).contiguous(memory_format=memory_format)
+    tokens = torch.randn(2, 8, 48)
+    results = []
+    for kernel in (True, False):
+        if not kernel:
+            monkeypatch.setattr(tpa, 'pixel_product', lambda *a, **kw: None)
+        m.zero_grad()
+        xi, ti = x.clone().requires_grad_(), tokens.clone().requires_grad_()
+        out = m(xi)[0] if block == 'tokenizer' else m(xi, ti)
+        out.pow(2).sum().backward()
+        grads = [xi.grad] + ([ti.grad] if block == 'projector' else [])
+        results.append([out] + grads + [p.grad for p in m.parameters()])
+    assert ran and all(r is not None for r in ran)
+    assert all(r is not None for r in results[0])
+    for with_kernel, with_bmm in zip(*results):
+        torch.testing.assert_close(with_kernel, with_bmm, rtol=1e-4, atol=1e-5)
+    assert results[0][1].is_contiguous(memory_format=memory_format)  # the map's gradient
+
+
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last],
                          ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('block', ['tokenizer', 'projector'])
@@ -259,9 +344,13 @@ def test_the_ops_shape_functions_match_them(layout):
     g = torch.Generator().manual_seed(0)
     x = _rows(2, 40, 32, g, layout)
     t = torch.randn(2, 5, 32, generator=g)
+    a = x[..., :5]
+    cm = layout == 'channels'
     for op, args in [(torch.ops.vtseg.tokens_over_pixels.default, (t, x, 1.0)),
                      (torch.ops.vtseg.pixels_over_tokens.default, (x, t, t, x, 0.5)),
-                     (torch.ops.vtseg.pixels_over_tokens.default, (x, t, t, None, 0.5))]:
+                     (torch.ops.vtseg.pixels_over_tokens.default, (x, t, t, None, 0.5)),
+                     (torch.ops.vtseg.pixel_product.default, (a, t, x, cm)),
+                     (torch.ops.vtseg.pixel_product.default, (a, t, None, cm))]:
         torch.library.opcheck(op, args, test_utils=('test_schema', 'test_faketensor'))
 
 

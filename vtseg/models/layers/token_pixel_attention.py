@@ -22,7 +22,8 @@ shapes and memory layouts, never by the machine:
 
 At inference on a CPU, float32 maps (NCHW or channels_last) go to the fused kernels of
 :mod:`~vtseg.models.layers.token_pixel_kernels` instead, which do the products of each
-block in one pass over the pixels.
+block in one pass over the pixels; in training, the products over the pixels whose inner
+dimension is a few tokens (:func:`_pixel_product`) go to its ``pixel_product``.
 
 Shape shorthand: B batch, L tokens, N pixels, d query/key width, d_v value width.
 """
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._utils import at_least_float32, is_channels_major
-from .token_pixel_kernels import fused_forward
+from .token_pixel_kernels import fused_forward, pixel_product
 
 __all__ = ['token_pixel_attention']
 
@@ -101,7 +102,11 @@ def _softmax(logits: Tensor, scale: float, dim: int) -> Tensor:
 def _pixel_product(a: Tensor, b: Tensor, *, channels_major: bool,
                    add: Optional[Tensor] = None) -> Tensor:
     """``add + a b`` for ``a`` (B, N, K) over N pixels and ``b`` (B, K, C), written one
-    pixel per row, or one channel per row when ``channels_major``."""
+    pixel per row, or one channel per row when ``channels_major``. K is a few tokens: on
+    CPU float32 ``vtseg._C`` writes it in one pass over the map (:func:`pixel_product`)."""
+    out = pixel_product(a, b, add, channels_major=channels_major)
+    if out is not None:
+        return out
     if channels_major:  # out^T = add^T + b^T a^T: (B, C, N), contiguous
         a_t, b_t = a.transpose(1, 2), b.transpose(1, 2)
         out_t = (torch.bmm(b_t, a_t) if add is None

@@ -11,7 +11,12 @@ the pixels:
   online softmax over fixed blocks of pixels merged in a fixed order;
 * ``torch.ops.vtseg.pixels_over_tokens(x, k, v, residual, scale)``:
   ``residual + softmax_L(x k^T scale) v``, pixel by pixel, written in the layout of the
-  pixels.
+  pixels;
+* ``torch.ops.vtseg.pixel_product(a, b, add, channels_major)``: ``add + a b`` for ``a``
+  (B, N, K) over the pixels with a few inner terms (K <= 16: the tokens, or twice them)
+  and ``b`` (B, K, C), written one pixel or one channel per row. These are the products
+  of the attention's training (:class:`~.token_pixel_attention._TokenPixelAttention`),
+  where a GEMM library handles an inner dimension of 8 or 16 poorly.
 
 Each reads a map in the order it is stored: a channels_last map a pixel (a row of C
 channels) at a time, an NCHW map 16 pixels at a time (one vector per channel).
@@ -40,7 +45,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['kernels_available', 'kernels_error', 'kernels_isa', 'kernels_run_on',
-           'fused_forward']
+           'fused_forward', 'pixel_product']
 
 try:
     from ... import _C  # noqa: F401  (registers torch.ops.vtseg)
@@ -92,6 +97,13 @@ if _ERROR is None:
         if _layout(x) == 'channels':  # written as the pixels are stored
             return x.new_empty(b, cv, n).transpose(1, 2)
         return x.new_empty(b, n, cv)
+
+    @torch.library.register_fake('vtseg::pixel_product')
+    def _pixel_product_fake(a: Tensor, b: Tensor, add: Optional[Tensor],
+                            channels_major: bool) -> Tensor:
+        if channels_major:
+            return a.new_empty(a.shape[0], b.shape[2], a.shape[1]).transpose(1, 2)
+        return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
 
 #: The kernels hold a pixel's logits in 16 lanes (tokens padded to 8 or 16) and read
 #: channels in vectors of up to 16 floats.
@@ -149,3 +161,19 @@ def fused_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
     if not _fits(pixels, k) or v.shape[-1] % CHANNEL_MULTIPLE:
         return None
     return torch.ops.vtseg.pixels_over_tokens(q, k, v, residual, scale)
+
+
+def pixel_product(a: Tensor, b: Tensor, add: Optional[Tensor], *,
+                  channels_major: bool) -> Optional[Tensor]:
+    """``add + a b`` by ``vtseg._C`` for ``a`` (B, N, K) over a map's pixels and ``b``
+    (B, K, C), written one pixel per row, or one channel per row when ``channels_major``;
+    ``None`` where the kernel does not apply: more than MAX_TOKENS inner terms, C not a
+    multiple of CHANNEL_MULTIPLE, or a product autograd would have to differentiate (the
+    kernel has no backward)."""
+    tensors = [a, b] if add is None else [a, b, add]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    if not kernels_run_on(tensors) or not 1 <= a.shape[-1] <= MAX_TOKENS \
+            or b.shape[-1] % CHANNEL_MULTIPLE:
+        return None
+    return torch.ops.vtseg.pixel_product(a, b, add, channels_major)
