@@ -86,6 +86,17 @@ void check_args(const at::Tensor& pixels, const at::Tensor& tokens, const char* 
   TORCH_CHECK(pixels.size(2) % 16 == 0, what, ": channels must be a multiple of 16");
 }
 
+// An optional (B, N, C) float32 tensor added to an output, stored as `like` (copied if
+// it is not); undefined when absent. `what` names it in the error.
+at::Tensor added_pixels(const c10::optional<at::Tensor>& t, int64_t B, int64_t N, int64_t C,
+                        const Layout& like, const char* what) {
+  if (!t.has_value()) return at::Tensor();
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 3 && t->size(0) == B &&
+                  t->size(1) == N && t->size(2) == C,
+              what, " must be (B, N, ", C, ") float32");
+  return stored_as(*t, like);
+}
+
 // Pixels n0..n1 of channel-major x (row stride xs) as rows, (n1 - n0) x C.
 std::vector<float> gather_rows(const float* x, int64_t xs, int64_t n0, int64_t n1, int64_t C) {
   std::vector<float> rows((n1 - n0) * C);
@@ -181,18 +192,10 @@ at::Tensor pixels_over_tokens(const at::Tensor& x_in, const at::Tensor& k, const
   TORCH_CHECK(v.dim() == 3 && v.size(0) == B && v.size(1) == L && v.scalar_type() == at::kFloat,
               "pixels_over_tokens: v must be (B, L, Cv) float32");
   TORCH_CHECK(Cv % 16 == 0, "pixels_over_tokens: value channels must be a multiple of 16");
-  const float* rd = nullptr;
-  int64_t rb = 0, rs = 0;
-  at::Tensor r;
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->dim() == 3 &&
-                    residual->size(0) == B && residual->size(1) == N && residual->size(2) == Cv,
-                "pixels_over_tokens: the residual must be (B, N, Cv) float32");
-    r = stored_as(*residual, lx);
-    rd = r.data_ptr<float>();
-    rb = r.stride(0);
-    rs = lx.rows ? Cv : r.stride(2);
-  }
+  const at::Tensor r = added_pixels(residual, B, N, Cv, lx, "pixels_over_tokens: the residual");
+  const float* rd = r.defined() ? r.data_ptr<float>() : nullptr;
+  const int64_t rb = r.defined() ? r.stride(0) : 0;
+  const int64_t rs = !r.defined() ? 0 : lx.rows ? Cv : r.stride(2);
   const int64_t lmax = L <= 8 ? 8 : 16;
   const at::Tensor kp = padded_rows(k, lmax), vp = padded_rows(v, lmax);
   // The output is stored as the pixels are: rows, or an NCHW map's channel rows.
@@ -257,14 +260,8 @@ at::Tensor pixel_product(const at::Tensor& a_in, const at::Tensor& b_in,
   const int64_t B = a_in.size(0), N = a_in.size(1), K = a_in.size(2), C = b_in.size(2);
   TORCH_CHECK(K >= 1 && K <= 16, "pixel_product: 1 to 16 inner terms expected");
   TORCH_CHECK(C % 16 == 0, "pixel_product: C must be a multiple of 16");
-  const Layout like{!channels_major, 0};
-  at::Tensor add;
-  if (add_in.has_value()) {
-    TORCH_CHECK(add_in->scalar_type() == at::kFloat && add_in->dim() == 3 &&
-                    add_in->size(0) == B && add_in->size(1) == N && add_in->size(2) == C,
-                "pixel_product: add must be (B, N, C) float32");
-    add = stored_as(*add_in, like);
-  }
+  const at::Tensor add =
+      added_pixels(add_in, B, N, C, Layout{!channels_major, 0}, "pixel_product: add");
   const int64_t kmax = K <= 8 ? 8 : 16;
   auto out = channels_major ? at::empty({B, C, N}, a_in.options()).transpose(1, 2)
                             : at::empty({B, N, C}, a_in.options());
