@@ -40,6 +40,5 @@ __all__ = [
     'BenchmarkSettings', 'cpu_isa_applied', 'STAGES', 'stage_times',
     'Measurement', 'parse_size', 'default_dataset', 'matmul_rate', 'peak_memory',
     'interleaved_times', 'run_benchmark', 'format_table', 'best_forms', 'floor_fractions',
-    'paired_speedup',
-    'scaling_exponents', 'plot_latency', 'save_results', 'machine_info',
+    'paired_speedup', 'scaling_exponents', 'plot_latency', 'save_results', 'machine_info',
 ]

@@ -16,8 +16,7 @@ from .settings import CPU_ISA_ENV
 from .stages import STAGES
 
 __all__ = ['machine_info', 'load_average', 'paired_speedup', 'best_forms', 'floor_fractions',
-           'format_table',
-           'scaling_exponents', 'plot_latency', 'save_results']
+           'format_table', 'scaling_exponents', 'plot_latency', 'save_results']
 
 _LABEL = {'neck': 'neck', 'r50': 'R-50', 'r101': 'R-101'}
 
