@@ -43,9 +43,7 @@ if kernels_available():
 def _applies(layer: nn.Linear, x: Tensor) -> bool:
     params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
     if not kernels_run_on([x, *params]):  # first: no shape is read while tracing
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
-        return False  # the kernel has no backward
+        return False  # (nor where autograd would record: the kernel has no backward)
     return layer.in_features % CHANNEL_MULTIPLE == 0 \
         and 0 < x.numel() <= MAX_ROWS * layer.in_features
 

@@ -129,12 +129,15 @@ def _usable(device: torch.device) -> bool:
 
 def kernels_run_on(tensors: Sequence[Tensor]) -> bool:
     """Whether ``vtseg._C``'s kernels may take these tensors: the extension is loaded, no
-    trace (FLOP counting, ONNX export) is recording, and all are CPU float32 outside
-    autocast (products run in the autocast dtype there). Says once when the extension is
-    missing where it would run."""
+    trace (FLOP counting, ONNX export) is recording, all are CPU float32 outside autocast
+    (products run in the autocast dtype there), and autograd records nothing through them
+    (the kernels have no backward). Says once when the extension is missing where it
+    would run."""
     if not _usable(tensors[0].device):
         return False
     if any(t.device.type != 'cpu' or t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return not torch.is_autocast_enabled('cpu')
 
@@ -168,11 +171,9 @@ def pixel_product(a: Tensor, b: Tensor, add: Optional[Tensor], *,
     """``add + a b`` by ``vtseg._C`` for ``a`` (B, N, K) over a map's pixels and ``b``
     (B, K, C), written one pixel per row, or one channel per row when ``channels_major``;
     ``None`` where the kernel does not apply: more than MAX_TOKENS inner terms, C not a
-    multiple of CHANNEL_MULTIPLE, or a product autograd would have to differentiate (the
-    kernel has no backward)."""
+    multiple of CHANNEL_MULTIPLE, or a product autograd would have to differentiate
+    (:func:`kernels_run_on`)."""
     tensors = [a, b] if add is None else [a, b, add]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return None
     if not kernels_run_on(tensors) or not 1 <= a.shape[-1] <= MAX_TOKENS \
             or b.shape[-1] % CHANNEL_MULTIPLE:
         return None
