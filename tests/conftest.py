@@ -6,6 +6,23 @@ import torch
 from helpers import FPN, fpn_options
 
 
+def pytest_configure(config):
+    from vtseg.models.layers.token_pixel_kernels import kernels_threaded
+
+    if kernels_threaded() is False:
+        # A vtseg._C built without OpenMP runs its kernels only where PyTorch has one
+        # thread: the tests run them there.
+        torch.set_num_threads(1)
+
+
+def pytest_report_header(config):
+    from vtseg.models.layers.token_pixel_kernels import kernels_isa, kernels_threaded
+
+    threads = {True: 'threaded', False: 'without OpenMP', None: 'not built'}
+    return (f'vtseg._C: {kernels_isa()} ({threads[kernels_threaded()]}); torch threads: '
+            f'{torch.get_num_threads()}')
+
+
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
     from vtseg.datasets.demo import generate_demo_data

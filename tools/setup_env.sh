@@ -7,7 +7,8 @@
 # rebuilding the environment later on the same machine takes about a minute.
 #
 # Environment: PYTHON (interpreter for the venv, default python3.11 or python3),
-# MAX_JOBS (compile jobs for mmcv, default: number of cores).
+# MAX_JOBS (compile jobs for mmcv, default: number of cores). Portable to macOS's bash 3.2
+# and BSD tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,9 @@ VENV=.venv
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 STAMP="$VENV/.setup-stamp"
 # vtseg/csrc and setup.py: the compiled extension vtseg._C is rebuilt when they change.
-want=$(cat requirements.txt pyproject.toml setup.py vtseg/csrc/* | sha256sum | cut -d' ' -f1)
+# (hashed by Python: sha256sum is GNU coreutils, which macOS does not have)
+want=$(cat requirements.txt pyproject.toml setup.py vtseg/csrc/* \
+    | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
     && "$VENV/bin/python" -c "import vtseg, vtseg._C, mmcv.ops" 2>/dev/null; then
@@ -45,7 +48,7 @@ if ! "$VENV/bin/python" -c "import mmcv.ops" 2>/dev/null; then
     echo "[setup] installing $(pin mmcv) with compiled ops (first time on a machine: 13-30 min)"
     # --no-build-isolation: build against the torch installed above instead of letting pip
     # fetch another (CUDA) torch into a throw-away build environment.
-    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(getconf _NPROCESSORS_ONLN)}" \
         pip install -q --no-build-isolation "$(pin mmcv)"
 fi
 echo "[setup] installing mmsegmentation and the remaining requirements"

@@ -320,6 +320,18 @@ at::Tensor pixel_product(const at::Tensor& a_in, const at::Tensor& b_in,
 }
 
 }  // namespace
+
+// Whether at::parallel_for runs on PyTorch's threads in this build. With PyTorch's OpenMP
+// backend it is inlined here and needs -fopenmp, which setup.py leaves out when the
+// compiler has no OpenMP (Apple's clang); with PyTorch's native backend it needs nothing.
+bool threaded() {
+#if defined(_OPENMP) || AT_PARALLEL_NATIVE
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace vtseg
 
 // flexible_layout: torch.compile hands the ops their inputs in whatever layout it stores
@@ -346,4 +358,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vtseg's fused CPU kernels, registered as torch.ops.vtseg";
   m.def("isa", &vtseg::isa_name,
         "The instruction set the kernels run with: avx512, avx2 or base");
+  m.def("threaded", &vtseg::threaded,
+        "Whether the kernels run on PyTorch's threads (false: built without OpenMP)");
 }

@@ -15,6 +15,7 @@ from vtseg.models.layers.token_pixel_kernels import (
     kernels_available,
     kernels_error,
     kernels_isa,
+    kernels_threaded,
     pixel_product,
 )
 
@@ -22,6 +23,31 @@ from vtseg.models.layers.token_pixel_kernels import (
 def test_the_extension_is_built():
     """The set-up builds vtseg._C; a broken build must not pass as PyTorch's products."""
     assert kernels_available(), kernels_error()
+    if sys.platform.startswith('linux'):  # GCC (make setup's compiler) has OpenMP
+        assert kernels_threaded(), ('vtseg._C was built without OpenMP: setup.py found no '
+                                    '-fopenmp in the compiler (clang needs libomp)')
+
+
+def test_unthreaded_kernels_leave_several_threads_to_pytorch(monkeypatch):
+    """A build without OpenMP runs its kernels on one thread: with more, PyTorch's threaded
+    products run instead (and it says so once); with one, the kernels run."""
+    monkeypatch.setattr(token_pixel_kernels, '_THREADED', False)
+    monkeypatch.setitem(token_pixel_kernels._warned, 'unthreaded', False)
+    g = torch.Generator().manual_seed(0)
+    x, t = _rows(1, 300, 32, g), torch.randn(1, 8, 32, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.warns(UserWarning, match='built without OpenMP.*2 threads'):
+            assert fused_forward(t, x, x, 1.0, None) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # once
+            assert fused_forward(x, t, t, 1.0, x) is None
+        torch.set_num_threads(1)
+        out = fused_forward(t, x, x, 1.0, None)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out, _plain(t, x, x, 1.0, None), rtol=1e-5, atol=1e-5)
 
 
 _ISAS = ['base', 'avx2', 'avx512']
@@ -47,7 +73,9 @@ def test_the_narrower_instruction_sets_equal_the_products(capability, isa):
          'training_products'],
         env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert ' passed' in run.stdout and ' skipped' not in run.stdout, run.stdout[-500:]
+    assert ' passed' in run.stdout, run.stdout[-500:]
+    if kernels_threaded():  # else the thread-count tests skip
+        assert ' skipped' not in run.stdout, run.stdout[-500:]
 
 
 def test_without_the_extension_cpu_inference_says_so_once(monkeypatch):
@@ -133,6 +161,8 @@ def test_sharp_attention(side, layout):
 
 
 @LAYOUTS
+@pytest.mark.skipif(not kernels_threaded(), reason='vtseg._C built without OpenMP: its '
+                    'kernels run with one thread only')
 def test_results_do_not_depend_on_the_number_of_threads(layout):
     g = torch.Generator().manual_seed(0)
     x = _rows(2, 5001, 32, g, layout)

@@ -26,7 +26,8 @@ They are the same products as the other paths, in float32; like
 smallest normal float. They are compiled for AVX-512, AVX2 + FMA and the baseline
 instruction set and pick the widest that the CPU has and PyTorch uses, at run time
 (:func:`kernels_isa`), so no choice in them depends on the machine beyond that; their
-results do not depend on the number of threads.
+results do not depend on the number of threads. A build without OpenMP runs them on one
+thread, and they are used only where PyTorch has one (:func:`kernels_threaded`).
 
 :func:`fused_forward` uses them where they apply (inference on CPU float32 tensors, channel
 counts that are multiples of 16, at most 16 tokens) and returns ``None`` elsewhere. The ops
@@ -44,14 +45,16 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ['kernels_available', 'kernels_error', 'kernels_isa', 'kernels_run_on',
-           'fused_forward', 'pixel_product']
+__all__ = ['kernels_available', 'kernels_error', 'kernels_isa', 'kernels_threaded',
+           'kernels_run_on', 'fused_forward', 'pixel_product']
 
 try:
     from ... import _C  # noqa: F401  (registers torch.ops.vtseg)
     _ERROR: Optional[str] = None
+    _THREADED = _C.threaded()
 except ImportError as e:  # built without the extension (see setup.py)
     _ERROR = f'{type(e).__name__}: {e}'
+    _THREADED = False
 
 
 def kernels_available() -> bool:
@@ -69,6 +72,16 @@ def kernels_isa() -> Optional[str]:
     or ``None`` without ``vtseg._C``. It is the widest that both the CPU and PyTorch use:
     ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) caps it as it caps PyTorch's kernels."""
     return _C.isa() if _ERROR is None else None
+
+
+def kernels_threaded() -> Optional[bool]:
+    """Whether the kernels run on PyTorch's threads, or ``None`` without ``vtseg._C``.
+
+    ``False`` for a build without OpenMP (a compiler without ``-fopenmp``, such as Apple's
+    clang: ``setup.py`` then builds without it) against a PyTorch whose threads are
+    OpenMP's. Such kernels would run on one thread, so where PyTorch has more the VT blocks
+    run its threaded products instead (:func:`kernels_run_on`)."""
+    return _THREADED if _ERROR is None else None
 
 
 def _layout(t: Tensor) -> Optional[str]:
@@ -110,12 +123,18 @@ if _ERROR is None:
 MAX_TOKENS = 16
 CHANNEL_MULTIPLE = 16
 
-_warned = {'missing': False}
+_warned = {'missing': False, 'unthreaded': False}
+
+
+@torch.compiler.assume_constant_result  # read when a graph is traced, not on every call
+def _pytorch_threads() -> int:
+    return torch.get_num_threads()
 
 
 def _usable(device: torch.device) -> bool:
-    """The kernels are loaded, and no trace (FLOP counting, ONNX export) is recording; says
-    once when they are missing where they would run."""
+    """The kernels are loaded, can use PyTorch's threads (or it has one), and no trace
+    (FLOP counting, ONNX export) is recording; says once when they are missing or
+    unthreaded where they would run."""
     if _ERROR is not None:
         if device.type == 'cpu' and not _warned['missing']:
             _warned['missing'] = True
@@ -123,6 +142,16 @@ def _usable(device: torch.device) -> bool:
                           'products on CPU, several times slower. Build it with `pip '
                           'install --no-build-isolation -e .` in an environment that has '
                           'torch and a C++ compiler.', stacklevel=3)
+        return False
+    if not _THREADED and _pytorch_threads() > 1:
+        if device.type == 'cpu' and not _warned['unthreaded']:
+            _warned['unthreaded'] = True
+            warnings.warn('vtseg._C was built without OpenMP (its compiler had no '
+                          '-fopenmp), so its kernels would run on one of PyTorch\'s '
+                          f'{_pytorch_threads()} threads: the VT blocks run PyTorch\'s '
+                          'threaded products on CPU instead. Rebuild it with a compiler '
+                          'that has OpenMP (GCC, or clang with libomp) for the fused '
+                          'kernels.', stacklevel=3)
         return False
     return not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
 
