@@ -49,8 +49,11 @@ at::Tensor few_rows_linear(const at::Tensor& x, const at::Tensor& w_in,
   if (M == 0 || N == 0) return y;
   // x's rows in whole passes, zero-padded and contiguous.
   const int64_t passes = (M + kLinearRows - 1) / kLinearRows;
-  auto xp = at::zeros({passes * kLinearRows, K}, x.options());
-  xp.narrow(0, 0, M).copy_(x2);
+  at::Tensor xp = x2;
+  if (M % kLinearRows || !x2.is_contiguous()) {
+    xp = at::zeros({passes * kLinearRows, K}, x.options());
+    xp.narrow(0, 0, M).copy_(x2);
+  }
   const float* xd = xp.data_ptr<float>();
   const float* wd = w.data_ptr<float>();
   const float* bd = b.defined() ? b.data_ptr<float>() : nullptr;
