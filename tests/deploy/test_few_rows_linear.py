@@ -51,6 +51,9 @@ def test_kernel_takes_any_leading_shape_and_strides():
     out = torch.ops.vtseg.few_rows_linear(x, w, None)
     assert out.shape == (3, 5, 64)
     torch.testing.assert_close(out, F.linear(x, w), rtol=1e-5, atol=1e-4)
+    x16 = torch.randn(16, 48, generator=g)[:, :32]  # whole passes of rows, of stride 48
+    torch.testing.assert_close(torch.ops.vtseg.few_rows_linear(x16, w, None), F.linear(x16, w),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_results_do_not_depend_on_the_number_of_threads():
