@@ -28,7 +28,7 @@ from vtseg.analysis.benchmark import (
     scaling_exponents,
     stage_times,
 )
-from vtseg.models.layers.token_pixel_kernels import kernels_isa
+from vtseg.models.layers.token_pixel_kernels import kernels_isa, kernels_threaded
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(sizes=[(64, 64)], modes=['neck'],
@@ -171,7 +171,12 @@ def test_benchmark_end_to_end(tmp_path):
     assert 'torch.matmul fp32 rate' in table and results['machine']['cpu'] in table
     # which instruction set each side's kernels ran with: PyTorch's and vtseg's
     assert (f'PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}, vtseg '
-            f'kernels {kernels_isa()}') in table
+            f'kernels {kernels_isa()})') in table
+    assert results['machine']['vtseg_kernels_threaded'] == kernels_threaded()
+    unthreaded = {**results, 'machine': {**results['machine'], 'threads': 2,
+                                         'vtseg_kernels_threaded': False}}
+    assert (f'vtseg kernels {kernels_isa()} built without OpenMP: PyTorch\'s products ran '
+            'instead)') in format_table(unthreaded)
     fractions = floor_fractions(results)
     for b in (1, 2):  # the floor row: the fastest lateral form against VT-FPN's best
         floor = min((m for m in floor_rows if m['batch'] == b),

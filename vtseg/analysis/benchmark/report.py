@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ...models.layers.token_pixel_kernels import kernels_isa
+from ...models.layers.token_pixel_kernels import kernels_isa, kernels_threaded
 from .settings import CPU_ISA_ENV
 from .stages import STAGES
 
@@ -39,7 +39,7 @@ def machine_info(device: str = 'cpu') -> Dict[str, object]:
                 python=platform.python_version(), device=device,
                 mkldnn=torch.backends.mkldnn.is_available(),
                 torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                vtseg_kernels=kernels_isa())
+                vtseg_kernels=kernels_isa(), vtseg_kernels_threaded=kernels_threaded())
     if device.startswith('cuda'):
         info['gpu'] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -210,6 +210,9 @@ def format_table(results: Dict[str, object]) -> str:
     lines.append('')
     device = info['device'] + (f' ({info["gpu"]})' if info.get('gpu') else '')
     kernels = info.get('vtseg_kernels', '?') or 'not built'
+    if info.get('vtseg_kernels_threaded') is False:  # run only where torch has one thread
+        kernels += (' built without OpenMP' + (': PyTorch\'s products ran instead'
+                                               if info['threads'] > 1 else ''))
     lines.append(f'Machine: {info["cpu"]} ({info.get("cpu_isa", "?")}; PyTorch CPU '
                  f'capability {info.get("torch_cpu_capability", "?")}, vtseg kernels '
                  f'{kernels}), {info["logical_cores"]} logical cores, {info["threads"]} '
