@@ -69,5 +69,6 @@ def ext_modules():
     return [ext], {'build_ext': BuildExt}
 
 
-modules, cmdclass = ext_modules()
-setup(ext_modules=modules, cmdclass=cmdclass)
+if __name__ == '__main__':  # as pip and `python setup.py` run it (tests import it)
+    modules, cmdclass = ext_modules()
+    setup(ext_modules=modules, cmdclass=cmdclass)
