@@ -47,10 +47,10 @@ at::Tensor few_rows_linear(const at::Tensor& x, const at::Tensor& w_in,
   shape.back() = N;
   auto y = at::empty(shape, x.options());
   if (M == 0 || N == 0) return y;
-  // x's rows in whole passes, zero-padded and contiguous.
-  const int64_t passes = (M + kLinearRows - 1) / kLinearRows;
+  // x's rows in whole passes of kLinearRows, contiguous: as they are, or zero-padded.
   at::Tensor xp = x2;
   if (M % kLinearRows || !x2.is_contiguous()) {
+    const int64_t passes = (M + kLinearRows - 1) / kLinearRows;
     xp = at::zeros({passes * kLinearRows, K}, x.options());
     xp.narrow(0, 0, M).copy_(x2);
   }
